@@ -1,0 +1,69 @@
+"""WikiText-2 perplexity of every method x format x W4A16/W4A4 on the built-in SmolLM2-135M.
+
+Prints a markdown table and writes JSON. Reduced settings by default so it fits a 2-core CPU; pass
+--nsamples 128 --seqlen 2048 --max-windows 0 for the paper-style full run.
+
+    python benchmarks/accuracy_table.py --out out/table --json out/table.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+RUNS = [(m, f, q, a) for a in (False, True) for f in ("mxfp4", "nvfp4")
+        for m, q in (("rtn", False), ("gptq", False), ("mr-gptq", False), ("mr-gptq", True))]
+RUNS += [("rtn", "int4", False, False), ("gptq", "int4", False, False)]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default="out/table")
+    p.add_argument("--json", default="out/accuracy_table.json")
+    p.add_argument("--nsamples", type=int, default=32)
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--max-windows", type=int, default=16, help="0 = all 148 windows")
+    p.add_argument("--only", help="comma list of run indices")
+    a = p.parse_args()
+
+    import torch
+
+    from mrgptq.algorithms import QuantConfig
+    from mrgptq.eval import load_eval_text, perplexity
+    from mrgptq.model import calibration, loading
+    from mrgptq.model.pipeline import quantize_model
+
+    text = load_eval_text(None)
+    calib = calibration.builtin_text()
+    tok = loading.load_tokenizer()
+    ids = calibration.sample_windows(tok, calib, a.nsamples, a.seqlen, 0)
+    mw = a.max_windows or None
+    results = json.loads(Path(a.json).read_text()) if Path(a.json).exists() else {}
+    if "unquantized" not in results:
+        results["unquantized"] = perplexity(loading.load_model(), tok, text, 2048, mw, progress=False)
+        Path(a.json).write_text(json.dumps(results, indent=2))
+    only = None if not a.only else {int(i) for i in a.only.split(",")}
+    for i, (m, f, q, w4a4) in enumerate(RUNS):
+        cfg = QuantConfig(format=f, method=m, qep=q, w4a4=w4a4).resolved()
+        key = cfg.label + (" g32" if f == "int4" else "")
+        if key in results or (only is not None and i not in only):
+            continue
+        model = loading.load_model()
+        t0 = time.time()
+        quantize_model(model, ids, cfg, progress=False)
+        tq = time.time() - t0
+        r = perplexity(model, tok, text, 2048, mw, progress=False)
+        r["quantize_seconds"] = round(tq, 1)
+        results[key] = r
+        print(f"{key:28s} ppl {r['ppl']:.3f}  ({tq:.0f}s)", flush=True)
+        Path(a.json).write_text(json.dumps(results, indent=2))
+        del model
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    print("| config | ppl |\n|---|---|")
+    for k, v in results.items():
+        print(f"| {k} | {v['ppl']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Inverting a Hessian robustly: relative dampening, dead inputs, escalation on failure."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger("mrgptq")
+
+
+class NumericsError(RuntimeError):
+    """The Hessian stayed singular after every dampening step."""
+
+
+def prepare(H: torch.Tensor, W: torch.Tensor, damp: float = 0.01):
+    """Zero dead inputs (never-active columns) and return (H with damping, W, dead mask)."""
+    H = H.clone().double()
+    dead = torch.diag(H) <= 0
+    H[dead, dead] = 1.0
+    W = W.clone()
+    W[:, dead] = 0
+    return H, W, dead
+
+
+def cholesky_inverse_upper(H: torch.Tensor, damp: float = 0.01, tries: int = 6) -> tuple[torch.Tensor, float]:
+    """Upper Cholesky factor of (H + lambda I)^-1 with lambda = damp * mean(diag H), escalating x10 on failure.
+
+    Returns (U, damp actually used). float64 for stability on small models; GPUs may pass float32.
+    """
+    mean_diag = torch.diag(H).mean().clamp_min(1e-12)
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    d = damp
+    for _ in range(tries):
+        L, info = torch.linalg.cholesky_ex(H + d * mean_diag * eye)
+        if int(info) == 0:
+            Hinv = torch.cholesky_inverse(L)
+            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            if int(info) == 0 and torch.isfinite(U).all():
+                if d != damp:
+                    log.warning("Hessian was near-singular: dampening raised from %g to %g", damp, d)
+                return U, d
+        d *= 10
+    raise NumericsError(
+        f"Hessian is singular even with dampening {d / 10:g}; use more calibration tokens or a larger --damp"
+    )

@@ -1,0 +1,39 @@
+"""Streaming second moments of a layer's inputs: H = (2/N) sum x x^T, and QEP's cross term.
+
+Accumulated in float32 batch by batch, so calibration never stores all activations.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class Hessian:
+    """H = 2/N X^T X over N tokens (GPTQ's normalisation); with `cross=True` also C = 1/N (X - X^)^T X^
+    where X is the full-precision input and X^ the quantized model's input (QEP)."""
+
+    def __init__(self, dim: int, device="cpu", cross: bool = False):
+        self.dim = dim
+        self.n = 0
+        self.H = torch.zeros(dim, dim, dtype=torch.float32, device=device)
+        self.C = torch.zeros(dim, dim, dtype=torch.float32, device=device) if cross else None
+
+    def add(self, x: torch.Tensor, x_fp: torch.Tensor | None = None) -> None:
+        """x: inputs the quantized layer sees (..., dim); x_fp: the full-precision model's inputs (QEP)."""
+        x = x.reshape(-1, self.dim).to(self.H.device, torch.float32)
+        b = x.shape[0]
+        if b == 0:
+            return
+        total = self.n + b
+        self.H.mul_(self.n / total).addmm_(x.T, x, alpha=2.0 / total)
+        if self.C is not None:
+            if x_fp is None:
+                raise ValueError("QEP Hessian needs the full-precision inputs too (x_fp)")
+            d = x_fp.reshape(-1, self.dim).to(self.H.device, torch.float32) - x
+            self.C.mul_(self.n / total).addmm_(d.T, x, alpha=1.0 / total)
+        self.n = total
+
+    def rotated(self, rotation) -> torch.Tensor:
+        """R^T H R: the Hessian of the rotated inputs x R."""
+        if rotation is None or rotation.is_identity:
+            return self.H
+        return rotation.apply(rotation.apply(self.H.double()).T).T.to(self.H.dtype)

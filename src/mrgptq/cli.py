@@ -133,9 +133,9 @@ def cmd_quantize(a) -> int:
     dtype = getattr(torch, a.dtype)
     tok = loading.load_tokenizer(model_id, a.gguf)
     model = loading.load_model(model_id, a.gguf, dtype=dtype, trust_remote_code=a.trust_remote_code)
-    from .model.arch import get_arch
+    from .model.pipeline import validate
 
-    get_arch(model)  # unsupported architecture: fail before any work
+    validate(model, cfg)  # unsupported architecture, group or block not dividing: fail before any work
     ctx = getattr(model.config, "max_position_embeddings", None)
     if ctx and a.seqlen > ctx:
         raise ValueError(f"--seqlen {a.seqlen} exceeds the model's context ({ctx}); pass --seqlen {ctx} or less")
@@ -304,10 +304,15 @@ def cmd_eval(a) -> int:
             name = f"unquantized ({t or loading.DEFAULT_MODEL_NAME})"
         results[name] = {"wikitext2": perplexity(model, tok, text, a.seqlen, a.max_windows, device,
                                                   progress=not a.quiet)}
+        if a.tasks:
+            from .eval.tasks import run_tasks
+
+            results[name].update(run_tasks(model, tok, a.tasks.split(","), limit=a.limit))
         del model
+    task_names = a.tasks.split(",") if a.tasks else []
     rows = [[k, f"{v['wikitext2']['ppl']:.3f}", v["wikitext2"]["windows"], v["wikitext2"]["tokens"]]
-            for k, v in results.items()]
-    print(_fmt_table(["model", "wikitext2 ppl", "windows", "tokens"], rows))
+            + [f"{v[t]['acc']:.4f}" for t in task_names if t in v] for k, v in results.items()]
+    print(_fmt_table(["model", "wikitext2 ppl", "windows", "tokens", *task_names], rows))
     if a.json:
         payload = next(iter(results.values())) if len(results) == 1 else results
         Path(a.json).write_text(json.dumps(payload, indent=2) + "\n")
@@ -394,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seqlen", type=int, default=2048)
     e.add_argument("--max-windows", type=int)
     e.add_argument("--eval-text", help="text file in the WikiText-2 convention (default: WikiText-2 test)")
+    e.add_argument("--tasks", help="comma-separated lm-eval tasks, e.g. arc_easy,hellaswag (extra 'eval', network)")
+    e.add_argument("--limit", type=int, help="lm-eval: examples per task")
     e.add_argument("--json", help="write results as JSON")
     e.add_argument("--plot", help="write a bar plot (PNG) of perplexity")
     common(e)

@@ -188,6 +188,7 @@ def quantize_model(model, calib_ids: torch.Tensor, cfg: QuantConfig, device="cpu
     """
     cfg = cfg.resolved()
     arch = get_arch(model)
+    validate(model, cfg)
     model.config.use_cache = False
     layers = blocks(model)
     stream = first_block_inputs(model, calib_ids, device, batch_size)
@@ -218,6 +219,20 @@ def quantize_model(model, calib_ids: torch.Tensor, cfg: QuantConfig, device="cpu
         bar.update(1)
     bar.close()
     return report
+
+
+def validate(model, cfg: QuantConfig) -> None:
+    """Fail before any work if a linear cannot take this recipe (group or rotation block not dividing)."""
+    cfg = cfg.resolved()
+    arch = get_arch(model)
+    block = blocks(model)[0]
+    for name in arch.linears:
+        k = get_module(block, name).in_features
+        if k % cfg.group_size:
+            ok = [g for g in (16, 32, 64, 128) if k % g == 0]
+            raise ValueError(f"input dim {k} of {name} is not divisible by group size {cfg.group_size}; "
+                             f"choose a --group-size that divides it (e.g. {', '.join(map(str, ok))})")
+        LayerPlan.build(cfg, k)  # raises a clear RotationError for an impossible rotation block
 
 
 def quantized_skeleton(module: nn.Module, cfg: QuantConfig, arch, prefix: str = "") -> None:

@@ -5,7 +5,6 @@ Every user error is one line on stderr and exit code 2; no traceback.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -18,12 +17,16 @@ from . import __version__
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError)
 EXIT_USAGE = 2
+DEMO_WINDOWS = 40
 
 
 def _fmt_table(headers, rows) -> str:
     cols = [[str(h)] + [str(r[i]) for r in rows] for i, h in enumerate(headers)]
     widths = [max(len(c) for c in col) for col in cols]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+
+    def line(cells):
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))
+
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
@@ -111,7 +114,12 @@ def cmd_quantize(a) -> int:
     out = Path(a.out) if a.out else _default_out(model_id, cfg)
     partial = out.with_name(out.name + ".partial")
     device = _device(a.device)
-    do_eval = a.eval if a.eval is not None else model_id is None and a.gguf is None
+    builtin = model_id is None and a.gguf is None
+    do_eval = a.eval if a.eval is not None else builtin
+    if do_eval and builtin and a.max_windows is None:
+        a.max_windows = DEMO_WINDOWS  # the demo stays short on a CPU; --max-windows 0 evaluates all 148
+    if a.max_windows == 0:
+        a.max_windows = None
     identity = {"config": cfg.to_dict(), "model": model_id or loading.DEFAULT_MODEL_NAME, "gguf": a.gguf,
                 "calib": a.calib, "nsamples": a.nsamples, "seqlen": a.seqlen, "dtype": a.dtype}
 
@@ -386,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-eval", dest="eval", action="store_false")
     q.add_argument("--eval-text", help="evaluation text file (default: WikiText-2 test)")
     q.add_argument("--eval-seqlen", type=int, default=2048)
-    q.add_argument("--max-windows", type=int, help="evaluate on the first N windows only")
+    q.add_argument("--max-windows", type=int,
+                   help=f"evaluate on the first N windows only (0 = all; built-in model: {DEMO_WINDOWS})")
     common(q)
     q.set_defaults(func=cmd_quantize)
 
@@ -397,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--compare", nargs="+", help="more models/checkpoints for the same table")
     e.add_argument("--ppl", default="wikitext2", choices=("wikitext2",))
     e.add_argument("--seqlen", type=int, default=2048)
-    e.add_argument("--max-windows", type=int)
+    e.add_argument("--max-windows", type=int, help="evaluate on the first N windows only")
     e.add_argument("--eval-text", help="text file in the WikiText-2 convention (default: WikiText-2 test)")
     e.add_argument("--tasks", help="comma-separated lm-eval tasks, e.g. arc_easy,hellaswag (extra 'eval', network)")
     e.add_argument("--limit", type=int, help="lm-eval: examples per task")

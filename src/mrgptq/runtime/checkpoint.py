@@ -17,7 +17,6 @@ from safetensors.torch import save_file
 
 from ..algorithms import QuantConfig
 from ..model.arch import get_arch
-from .qlinear import QuantLinear
 
 WEIGHTS = "model.safetensors"
 META = "mrgptq.json"
@@ -67,7 +66,7 @@ def save_checkpoint(model, tokenizer, meta: dict, out: str | Path, extra_files: 
         model.config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        save_file(sd, str(tmp / WEIGHTS), metadata={"format": "pt", "producer": "mrgptq"})
+        save_file(sd, str(tmp / WEIGHTS), metadata={"format": "pt"})  # one key: a hash map, order not kept
         (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         for name, content in (extra_files or {}).items():
             (tmp / name).write_text(json.dumps(content, indent=2) + "\n")
@@ -164,7 +163,7 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         out = {}
         with safe_open(str(path), framework="pt") as f:
-            for k in f.keys():
+            for k in f.keys():  # noqa: SIM118 - safe_open is not a dict
                 out[k] = f.get_tensor(k)
         return out
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:

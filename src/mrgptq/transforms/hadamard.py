@@ -50,7 +50,8 @@ def _gf_squares(p: int, k: int) -> list[bool]:
     """is_square[x] for GF(p^k), elements encoded as base-p digit vectors (ints); k <= 3."""
     q = p**k
     if k == 1:
-        mul = lambda a, b: a * b % p  # noqa: E731
+        def mul(a, b):
+            return a * b % p
     else:
         # monic irreducible of degree k (k <= 3: irreducible <=> no root in GF(p))
         for tail in itertools.product(range(p), repeat=k):

@@ -150,10 +150,19 @@ def cmd_quantize(a) -> int:
 
     results = {}
     eval_text = None
-    if do_eval and not done:
-        from .eval import load_eval_text, perplexity
+    if do_eval:
+        from .eval import EvalError, load_eval_text
 
-        eval_text = load_eval_text(a.eval_text)
+        try:
+            eval_text = load_eval_text(a.eval_text)
+        except EvalError as e:
+            if a.eval:  # asked for explicitly: an error
+                raise
+            print(f"mrgptq: skipping the before/after perplexity: {e}", file=sys.stderr)
+            do_eval = False
+    if do_eval and not done:
+        from .eval import perplexity
+
         results["unquantized"] = perplexity(model, tok, eval_text, a.eval_seqlen, a.max_windows, device)
         print(f"unquantized perplexity: {results['unquantized']['ppl']:.3f}", file=sys.stderr)
 
@@ -186,7 +195,6 @@ def cmd_quantize(a) -> int:
         from .eval import load_eval_text, perplexity
         from .runtime import load
 
-        eval_text = eval_text or load_eval_text(a.eval_text)
         qmodel, qtok, meta = load(out, device=device)
         results[meta["label"]] = perplexity(qmodel, qtok or tok, eval_text, a.eval_seqlen, a.max_windows, device)
         rows = [[k, f"{v['ppl']:.3f}", v["windows"], v["seqlen"]] for k, v in results.items()]

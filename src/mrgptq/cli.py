@@ -192,7 +192,7 @@ def cmd_quantize(a) -> int:
         _print_layer_summary(report)
 
     if do_eval:
-        from .eval import load_eval_text, perplexity
+        from .eval import perplexity
         from .runtime import load
 
         qmodel, qtok, meta = load(out, device=device)

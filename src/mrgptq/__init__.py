@@ -2,4 +2,15 @@
 from . import formats
 
 __version__ = "0.1.0"
-__all__ = ["formats", "__version__"]
+__all__ = ["formats", "load", "__version__"]
+
+
+def load(path, device: str = "cpu", dtype=None):
+    """A quantized checkpoint (any layout mrgptq writes) as a transformers model with QuantLinear layers.
+
+    Validated before use (safetensors only, shapes, dtypes, scale ranges); the tokenizer is
+    `transformers.AutoTokenizer.from_pretrained(path)`.
+    """
+    from .runtime.checkpoint import load as _load
+
+    return _load(path, device=device, dtype=dtype)[0]

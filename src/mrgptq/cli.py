@@ -1,4 +1,4 @@
-"""mrgptq command line: quantize, eval, inspect.
+"""mrgptq command line: quantize, eval, export, generate, inspect.
 
 Every user error is one line on stderr and exit code 2; no traceback.
 """
@@ -49,7 +49,7 @@ def _device(arg: str | None) -> str:
 # ----------------------------------------------------------------------------------------------- quantize
 def add_quant_args(p: argparse.ArgumentParser) -> None:
     from .algorithms import METHODS
-    from .formats import FORMAT_NAMES
+    from .formats import FORMAT_NAMES, SCALE_RULES
     from .transforms import TRANSFORMS
 
     p.add_argument("model", nargs="?", help="HF hub id, local model dir or .gguf file (default: built-in SmolLM2)")
@@ -58,8 +58,9 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="mxfp4", choices=FORMAT_NAMES, help="weight format (default mxfp4)")
     p.add_argument("--method", default="mr-gptq", choices=METHODS, help="algorithm (default mr-gptq)")
     p.add_argument("--group-size", type=int, help="override the format's group size")
-    p.add_argument("--scale-rule", choices=("spec", "ceil", "rounded", "mse"),
-                   help="group scale rule (default: mse for mr-gptq, spec otherwise)")
+    p.add_argument("--scale-rule", choices=SCALE_RULES,
+                   help="group scale rule (default: mse for mr-gptq, spec otherwise; four-thirds: the reference's "
+                        "MXFP4 4/3 trick)")
     p.add_argument("--transform", choices=TRANSFORMS, help="input rotation (default: hadamard for mr-gptq)")
     p.add_argument("--transform-block", type=int, help="rotation block size; 0 = whole input dim (default: group)")
     p.add_argument("--signs", action="store_true", help="random +-1 signs before the rotation")
@@ -71,6 +72,9 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qep-alpha", type=float, default=0.5, help="QEP propagation strength (default 0.5)")
     p.add_argument("--w4a4", action="store_true", help="also quantize activations (W4A4)")
     p.add_argument("--act-format", choices=FORMAT_NAMES, help="activation format for W4A4 (implies --w4a4)")
+    p.add_argument("--act-scale-rule", choices=("spec", "ceil", "rounded", "four-thirds"),
+                   help="W4A4 activation scale rule (default: rounded for MXFP4, as compressed-tensors/vLLM; spec "
+                        "for NVFP4)")
     p.add_argument("--calib", default="builtin",
                    help="calibration text: builtin (shipped prose), a .txt/.jsonl path, or wikitext2|c4|fineweb-edu")
     p.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
@@ -84,7 +88,8 @@ def _config_from_args(a):
     return QuantConfig(
         format=a.format, method=a.method, group_size=a.group_size, scale_rule=a.scale_rule, transform=a.transform,
         transform_block=a.transform_block, signs=a.signs, act_order=a.act_order, scales=a.scales, damp=a.damp,
-        w4a4=a.w4a4 or a.act_format is not None, act_format=a.act_format, qep=a.qep, qep_alpha=a.qep_alpha,
+        w4a4=a.w4a4 or a.act_format is not None or a.act_scale_rule is not None, act_format=a.act_format,
+        act_scale_rule=a.act_scale_rule, qep=a.qep, qep_alpha=a.qep_alpha,
         seed=a.seed,
     ).resolved()
 
@@ -144,6 +149,7 @@ def cmd_quantize(a) -> int:
     from .model.pipeline import validate
 
     validate(model, cfg)  # unsupported architecture, group or block not dividing: fail before any work
+    layout = _layout(a.export, cfg, model)
     ctx = getattr(model.config, "max_position_embeddings", None)
     if ctx and a.seqlen > ctx:
         raise ValueError(f"--seqlen {a.seqlen} exceeds the model's context ({ctx}); pass --seqlen {ctx} or less")
@@ -186,9 +192,9 @@ def cmd_quantize(a) -> int:
         }
         model.config.use_cache = True
         timings = {"total_seconds": round(elapsed, 1), "layers": report}
-        checkpoint.save_checkpoint(model, tok, meta, out, extra_files={"timings.json": timings})
+        checkpoint.save_checkpoint(model, tok, meta, out, extra_files={"timings.json": timings}, layout=layout)
         shutil.rmtree(partial, ignore_errors=True)
-        print(f"quantized {len(report)} linears in {elapsed:.0f}s -> {out}", file=sys.stderr)
+        print(f"quantized {len(report)} linears in {elapsed:.0f}s -> {out} ({layout} layout)", file=sys.stderr)
         _print_layer_summary(report)
 
     if do_eval:
@@ -201,6 +207,20 @@ def cmd_quantize(a) -> int:
         print(_fmt_table(["model", "wikitext2 ppl", "windows", "seqlen"], rows))
         (out / "eval.json").write_text(json.dumps({"wikitext2": results}, indent=2) + "\n")
     return 0
+
+
+def _layout(asked: str, cfg, model) -> str:
+    """The checkpoint layout for --export: checked against the recipe before any work is done."""
+    from .export import check, default_layout
+    from .model.arch import blocks, get_arch
+
+    arch = get_arch(model)
+    block = blocks(model)[0]
+    in_features = sorted({block.get_submodule(n).in_features for n in arch.linears})
+    if asked == "auto":
+        return default_layout(cfg, in_features)
+    check(cfg, asked, in_features)
+    return asked
 
 
 def _existing_run(out: Path, identity: dict, overwrite: bool) -> bool:
@@ -357,6 +377,55 @@ def _bar_plot(results: dict, path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+# ----------------------------------------------------------------------------------------------- export
+def cmd_export(a) -> int:
+    _torch_setup(a.threads)
+    from .runtime import load
+    from .runtime.checkpoint import read_meta, save_checkpoint
+
+    src, out = Path(a.checkpoint), Path(a.out)
+    read_meta(src)  # a clear error before anything else if it is not a checkpoint
+    if out.resolve() == src.resolve():
+        raise ValueError("--out must differ from the checkpoint being converted")
+    if out.exists() and not a.overwrite:
+        raise ValueError(f"--out {out} exists; choose another directory or pass --overwrite")
+    _check_writable(out)
+    model, tok, meta = load(src)
+    meta = {**meta, "exported_from": str(src), "export_command": _command_line()}
+    meta.pop("layout", None)
+    save_checkpoint(model, tok, meta, out, layout=a.to)
+    print(f"{src} -> {out} ({a.to} layout)", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- generate
+def cmd_generate(a) -> int:
+    torch = _torch_setup(a.threads)
+    from .runtime import load
+
+    device = _device(a.device)
+    model, tok, meta = load(a.checkpoint, device=device)
+    if tok is None:
+        raise ValueError(f"{a.checkpoint} has no tokenizer files; re-export it with mrgptq export")
+    if a.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {a.max_new_tokens}")
+    chat = getattr(tok, "chat_template", None) and not a.raw
+    if chat:
+        ids = tok.apply_chat_template([{"role": "user", "content": a.prompt}], add_generation_prompt=True,
+                                      return_tensors="pt", return_dict=True)["input_ids"]
+    else:
+        ids = tok(a.prompt, return_tensors="pt")["input_ids"]
+    ids = ids.to(device)
+    torch.manual_seed(a.seed)
+    sample = a.temperature > 0
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=a.max_new_tokens,
+                             do_sample=sample, temperature=a.temperature if sample else None,
+                             top_p=None, top_k=None, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+    print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- inspect
 def cmd_inspect(a) -> int:
     from .runtime.checkpoint import WEIGHTS, read_meta
@@ -369,7 +438,7 @@ def cmd_inspect(a) -> int:
         n_params += o * i
     print(f"{a.checkpoint}: {meta.get('label')} of {meta.get('model')}")
     c = meta["config"]
-    print(f"format {c['format']} g{c['group_size']}, method {c['method']}, scale rule {c['scale_rule']}, "
+    print(f"layout {meta.get('layout', 'mrgptq')}; format {c['format']} g{c['group_size']}, method {c['method']}, scale rule {c['scale_rule']}, "
           f"transform {c['transform']}/{c['transform_block']}, qep {c['qep']}, w4a4 {c['w4a4']}")
     print(f"weights file {size / 2**20:.1f} MiB; quantized linears hold {n_params / 1e6:.1f}M weights "
           f"({n_params * 2 / 2**20:.1f} MiB in bf16)")
@@ -381,6 +450,8 @@ def cmd_inspect(a) -> int:
 
 # ----------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
+    from .export import LAYOUTS
+
     p = argparse.ArgumentParser(prog="mrgptq", description="MR-GPTQ quantization of causal LMs to MXFP4/NVFP4.")
     p.add_argument("--version", action="version", version=f"mrgptq {__version__}")
     sub = p.add_subparsers(dest="cmd")
@@ -393,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="quantize a model and write a checkpoint")
     add_quant_args(q)
     q.add_argument("--out", help="output directory (default: out/<model>-<method>-<format>)")
+    q.add_argument("--export", default="auto", choices=("auto", *LAYOUTS),
+                   help="checkpoint layout (default auto: compressed-tensors where the recipe fits, else mrgptq)")
     q.add_argument("--overwrite", action="store_true", help="replace an existing --out / partial run")
     q.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     q.add_argument("--batch-size", type=int, default=1, help="calibration windows per forward")
@@ -422,6 +495,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--plot", help="write a bar plot (PNG) of perplexity")
     common(e)
     e.set_defaults(func=cmd_eval)
+
+    x = sub.add_parser("export", help="convert a checkpoint to another layout")
+    x.add_argument("checkpoint")
+    x.add_argument("--to", required=True, choices=LAYOUTS, help="target layout")
+    x.add_argument("--out", required=True, help="output directory")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    common(x)
+    x.set_defaults(func=cmd_export)
+
+    g = sub.add_parser("generate", help="generate text with a quantized checkpoint")
+    g.add_argument("checkpoint")
+    g.add_argument("prompt")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--raw", action="store_true", help="do not wrap the prompt in the tokenizer's chat template")
+    common(g)
+    g.set_defaults(func=cmd_generate)
 
     i = sub.add_parser("inspect", help="describe an mrgptq checkpoint")
     i.add_argument("checkpoint")

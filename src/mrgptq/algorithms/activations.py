@@ -14,8 +14,10 @@ from ..transforms import Rotation
 
 
 class ActQuantizer:
-    def __init__(self, spec: FormatSpec, rotation: Rotation | None = None, global_scale: torch.Tensor | None = None):
+    def __init__(self, spec: FormatSpec, rotation: Rotation | None = None, global_scale: torch.Tensor | None = None,
+                 rule: str = "spec"):
         self.spec = spec
+        self.rule = rule
         self.rotation = rotation
         self.global_scale = global_scale
         self._amax = None
@@ -37,7 +39,7 @@ class ActQuantizer:
         gs = self.global_scale
         if gs is not None:
             gs = gs.to(xr.device)
-        return formats.quantize(xr, self.spec, global_scale=gs, name="activation")
+        return formats.quantize(xr, self.spec, scale_rule=self.rule, global_scale=gs, name="activation")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Fake-quantized rotated activations, in x's dtype."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 from ..formats import FORMAT_NAMES, SCALE_RULES, get_spec
+from ..formats.scales import MX_ONLY_RULES
 from ..transforms import TRANSFORMS
 from .qep import QEP_ALPHA
 
@@ -29,6 +30,7 @@ class QuantConfig:
     block_size: int = 128
     w4a4: bool = False
     act_format: str | None = None  # None: same as the weight format
+    act_scale_rule: str | None = None  # None: 'rounded' for MXFP4 (the compressed-tensors/vLLM rule), else 'spec'
     qep: bool = False
     qep_alpha: float = QEP_ALPHA
     mse_norm: float = 2.4
@@ -56,18 +58,33 @@ class QuantConfig:
         act_format = (self.act_format or fmt).lower() if self.w4a4 else None
         if act_format is not None and act_format not in FORMAT_NAMES:
             raise ConfigError(f"unknown activation format {act_format!r}: choose one of {', '.join(FORMAT_NAMES)}")
+        act_rule = None
+        if act_format is not None:
+            act_rule = self.act_scale_rule or ("rounded" if act_format == "mxfp4" else "spec")
+            if act_rule not in ("spec", "ceil", "rounded", "four-thirds"):
+                raise ConfigError(f"activation scale rule {act_rule!r} is not an online rule: "
+                                  "choose spec, ceil, rounded or four-thirds")
+            if act_format != "mxfp4" and act_rule != "spec":
+                raise ConfigError(f"activation scale rule {act_rule!r} is for MXFP4 only; use 'spec' for {act_format}")
+        if rule in MX_ONLY_RULES and spec.scale_dtype != "e8m0":
+            raise ConfigError(f"scale rule {rule!r} is for MXFP4 only; use 'spec' or 'mse' for {fmt}")
         if not 0 <= self.qep_alpha <= 1:
             raise ConfigError(f"qep_alpha must be in [0, 1], got {self.qep_alpha}")
         if self.damp <= 0:
             raise ConfigError(f"damp must be positive, got {self.damp}")
         return replace(
             self, format=fmt, group_size=spec.group_size, scale_rule=rule, transform=transform,
-            transform_block=block, scales=scales, act_format=act_format,
+            transform_block=block, scales=scales, act_format=act_format, act_scale_rule=act_rule,
         )
 
     @property
     def spec(self):
         return get_spec(self.format, self.group_size)
+
+    @property
+    def weight_global_scale(self) -> bool:
+        """Whether the quantized weights carry a per-tensor scale (NVFP4, or MXFP4's 4/3 trick)."""
+        return self.spec.global_scale or (self.spec.scale_dtype == "e8m0" and self.scale_rule == "four-thirds")
 
     def to_dict(self) -> dict:
         return asdict(self)

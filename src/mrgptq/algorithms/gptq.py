@@ -44,7 +44,7 @@ def gptq(
     dev = W.device
     W0 = W.float()
     Hd, Wd, _ = prepare(H.to(dev), W0, damp)
-    global_scale = formats.nv_global_scale(W0) if spec.global_scale else None
+    global_scale = formats.global_scale_for(W0, spec, scale_rule)
 
     ngroups = cols // g
     stored = eff = zeros = None

@@ -30,7 +30,9 @@ class LayerPlan:
         if cfg.transform != "identity" or cfg.signs:
             block = None if cfg.transform_block == 0 else cfg.transform_block
             rot = Rotation(in_features, cfg.transform, block, cfg.signs, cfg.seed)
-        act = ActQuantizer(get_spec(cfg.act_format, cfg.group_size), rot) if cfg.w4a4 else None
+        act = None
+        if cfg.w4a4:
+            act = ActQuantizer(get_spec(cfg.act_format, cfg.group_size), rot, rule=cfg.act_scale_rule)
         return cls(cfg, rot, act)
 
     def layer_input(self, x: torch.Tensor) -> torch.Tensor:

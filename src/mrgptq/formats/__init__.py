@@ -15,12 +15,12 @@ from .quant import (
     quant_error,
     quantize,
 )
-from .scales import MSE_NORM, SCALE_RULES, nv_global_scale
+from .scales import MSE_NORM, SCALE_RULES, global_scale_for, nv_global_scale
 from .scales import choose as choose_scales
 from .spec import E2M1_GRID, FORMAT_NAMES, FormatError, FormatSpec, get_spec
 
 __all__ = [
     "E2M1_GRID", "FORMAT_NAMES", "FormatError", "FormatSpec", "MSE_NORM", "QuantizedTensor", "SCALE_RULES",
     "check_input", "choose_scales", "dequantize", "effective_scales", "encode_groups", "fake_quantize", "get_spec",
-    "nv_global_scale", "pack", "quant_error", "quantize", "unpack",
+    "global_scale_for", "nv_global_scale", "pack", "quant_error", "quantize", "unpack",
 ]

@@ -15,7 +15,7 @@ class QuantizedTensor:
 
     codes: torch.Tensor  # uint8, 0..15
     scales: torch.Tensor  # stored encoding: uint8 E8M0 | float8_e4m3fn | float32, shape (..., K // g)
-    global_scale: torch.Tensor | None  # NVFP4: float32 scalar; else None
+    global_scale: torch.Tensor | None  # float32 scalar, dequant divides by it (NVFP4; MXFP4 'four-thirds'); else None
     spec: FormatSpec
     zeros: torch.Tensor | None = None  # asymmetric INT4 zero points, uint8 (..., K // g)
 
@@ -30,7 +30,8 @@ class QuantizedTensor:
 
 def effective_scales(stored: torch.Tensor, spec: FormatSpec, global_scale=None) -> torch.Tensor:
     if spec.scale_dtype == "e8m0":
-        return scales.e8m0_to_float(stored)
+        s = scales.e8m0_to_float(stored)
+        return s if global_scale is None else s / global_scale.float()
     if spec.scale_dtype == "e4m3":
         return stored.float() / global_scale.float()
     return stored.float()
@@ -84,10 +85,8 @@ def quantize(
     check_input(x, spec, name)
     g = spec.group_size
     xg = _grouped(x, g)
-    if spec.global_scale and global_scale is None:
-        global_scale = scales.nv_global_scale(x)
-    if not spec.global_scale:
-        global_scale = None
+    if global_scale is None or not spec.global_scale:
+        global_scale = scales.global_scale_for(x, spec, scale_rule)
     stored, eff, zeros = scales.choose(xg, spec, scale_rule, global_scale, mse_norm)
     codes = encode_groups(xg, spec, eff, zeros).reshape(x.shape)
     return QuantizedTensor(codes, stored, global_scale, spec, zeros)

@@ -3,6 +3,8 @@
 `spec`   : the format's published rule (MX: 2^(floor(log2 amax) - 2); NVFP4: e4m3(amax/6 * global); INT: amax/7).
 `ceil`   : MX only: the smallest power of two with amax/scale <= 6, so nothing in a group clips.
 `rounded`: MX only: amax rounded to E2M1 precision first (what vLLM / compressed-tensors do).
+`four-thirds`: MX only, the MR-GPTQ reference's choice: the spec's exponent, but every scale times a per-tensor 4/3
+           (stored as a global scale of 3/4 that the GEMM absorbs), so the top code 6 * 4/3 = 8 covers amax: no clipping.
 `mse`    : per group, the candidate scale with the least sum |x - q(x)|^p (p = 2.4 as in MR-GPTQ's
            reference observer), candidates already cast to the scale encoding so the error is the true one.
 """
@@ -13,7 +15,9 @@ import torch
 from . import codec
 from .spec import E2M1_MAX, E4M3_MAX, E8M0_BIAS, FormatError, FormatSpec
 
-SCALE_RULES = ("spec", "ceil", "rounded", "mse")
+SCALE_RULES = ("spec", "ceil", "rounded", "four-thirds", "mse")
+MX_ONLY_RULES = ("ceil", "rounded", "four-thirds")
+FOUR_THIRDS_GLOBAL = 0.75  # dequant divides by the global scale: x = grid * 2^e / 0.75
 MSE_GRID = 100  # shrink factors from 1.0 to 0.2, as in the reference observer
 MSE_NORM = 2.4
 
@@ -27,7 +31,9 @@ def floor_log2(a: torch.Tensor) -> torch.Tensor:
 def mx_exponent(amax: torch.Tensor, rule: str) -> torch.Tensor:
     """Unbiased shared exponent per group, clamped to E8M0's range [-127, 127]."""
     e0 = floor_log2(amax) - 2  # spec: largest power of two below amax, divided by 2^emax(E2M1)=4
-    if rule == "ceil":
+    if rule == "four-thirds":
+        pass  # the spec exponent; the 4/3 lives in the per-tensor global scale
+    elif rule == "ceil":
         e0 = e0 + (amax > torch.ldexp(torch.full_like(amax, E2M1_MAX), e0)).to(e0.dtype)
     elif rule == "rounded":
         e0 = e0 + (amax >= torch.ldexp(torch.full_like(amax, 7.0), e0)).to(e0.dtype)
@@ -45,6 +51,15 @@ def nv_global_scale(x: torch.Tensor) -> torch.Tensor:
     amax = x.detach().abs().amax().float()
     g = (E4M3_MAX * E2M1_MAX) / amax
     return torch.where(torch.isfinite(g) & (amax > 0), g, torch.ones_like(g)).reshape(())
+
+
+def global_scale_for(x: torch.Tensor, spec: FormatSpec, rule: str) -> torch.Tensor | None:
+    """The per-tensor scale a format/rule needs: NVFP4's amax-based one, the 4/3 trick's constant, or None."""
+    if spec.global_scale:
+        return nv_global_scale(x)
+    if spec.scale_dtype == "e8m0" and rule == "four-thirds":
+        return torch.tensor(FOUR_THIRDS_GLOBAL, dtype=torch.float32, device=x.device)
+    return None
 
 
 def e4m3(s: torch.Tensor) -> torch.Tensor:
@@ -69,6 +84,7 @@ def choose(xg: torch.Tensor, spec: FormatSpec, rule: str = "spec", global_scale=
         raise FormatError(f"unknown scale rule {rule!r}: choose one of {', '.join(SCALE_RULES)}")
     amax = xg.abs().amax(-1)
     if spec.scale_dtype == "e8m0":
+        gdiv = 1.0 if global_scale is None else float(global_scale)
         if rule != "mse":
             e = mx_exponent(amax, rule)
         else:
@@ -76,16 +92,16 @@ def choose(xg: torch.Tensor, spec: FormatSpec, rule: str = "spec", global_scale=
             best_err, e = None, base
             for d in (1, 0, -1, -2):
                 cand = (base + d).clamp(-E8M0_BIAS, E8M0_BIAS)
-                err = _group_err(xg, e8m0_to_float(cand + E8M0_BIAS), None, spec, mse_norm)
+                err = _group_err(xg, e8m0_to_float(cand + E8M0_BIAS) / gdiv, None, spec, mse_norm)
                 if best_err is None:
                     best_err, e = err, cand
                 else:
                     better = err < best_err
                     best_err, e = torch.where(better, err, best_err), torch.where(better, cand, e)
         stored = (e + E8M0_BIAS).to(torch.uint8)
-        return stored, e8m0_to_float(stored), None
+        return stored, e8m0_to_float(stored) / gdiv, None
 
-    if rule in ("ceil", "rounded"):
+    if rule in MX_ONLY_RULES:
         raise FormatError(f"scale rule {rule!r} is for MXFP4 only; use 'spec' or 'mse' for {spec.name}")
 
     if spec.scale_dtype == "e4m3":

@@ -245,5 +245,6 @@ def quantized_skeleton(module: nn.Module, cfg: QuantConfig, arch, prefix: str = 
             continue
         plan = LayerPlan.build(cfg, lin.in_features)
         q = QuantLinear(lin.in_features, lin.out_features, lin.bias is not None, cfg.spec, plan.rotation,
-                        plan.act.spec if plan.act else None, dtype=lin.weight.dtype)
+                        plan.act.spec if plan.act else None, dtype=lin.weight.dtype,
+                        global_scale=cfg.weight_global_scale, act_rule=cfg.act_scale_rule or "spec")
         set_module(module, name, q)

@@ -54,16 +54,26 @@ def finish(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
 
 
-def save_checkpoint(model, tokenizer, meta: dict, out: str | Path, extra_files: dict | None = None) -> Path:
-    """Write the checkpoint atomically; `extra_files` maps file names to JSON-able content."""
+def save_checkpoint(model, tokenizer, meta: dict, out: str | Path, extra_files: dict | None = None,
+                    layout: str = "mrgptq") -> Path:
+    """Write the checkpoint atomically in `layout` (see mrgptq.export); `extra_files`: name -> JSON-able."""
+    from ..export import check, to_layout, write_config
+
     out = Path(out)
+    cfg = QuantConfig(**meta["config"]).resolved()
+    check(cfg, layout, _in_features(model))
+    meta = {**meta, "layout": layout}
     sd = _state_dict(model)
     bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v.float()).all()]
     if bad:
         raise CheckpointError(f"refusing to save: NaN/Inf in {', '.join(bad[:3])}; quantization diverged")
+    sd = to_layout(sd, cfg, layout, model)
     tmp = atomic_dir(out)
     try:
         model.config.save_pretrained(tmp)
+        write_config(tmp, cfg, layout, model)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         save_file(sd, str(tmp / WEIGHTS), metadata={"format": "pt"})  # one key: a hash map, order not kept
@@ -75,6 +85,12 @@ def save_checkpoint(model, tokenizer, meta: dict, out: str | Path, extra_files: 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _in_features(model) -> list[int]:
+    from .qlinear import QuantLinear
+
+    return sorted({m.in_features for m in model.modules() if isinstance(m, QuantLinear)})
 
 
 def read_meta(path: str | Path) -> dict:
@@ -94,6 +110,7 @@ def load(path: str | Path, device="cpu", dtype: torch.dtype | None = None):
     """A transformers model whose quantized linears are QuantLinear modules, tokenizer; validated."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from ..export import LAYOUTS, from_layout
     from ..model.pipeline import quantized_skeleton
 
     p = Path(path)
@@ -106,6 +123,11 @@ def load(path: str | Path, device="cpu", dtype: torch.dtype | None = None):
         hf_cfg = AutoConfig.from_pretrained(p)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{p}/config.json is unreadable: {str(e).splitlines()[0]}") from None
+    if hasattr(hf_cfg, "quantization_config"):  # the ecosystem's entry; we build QuantLinears ourselves
+        del hf_cfg.quantization_config
+    layout = meta.get("layout", "mrgptq")
+    if layout not in LAYOUTS:
+        raise CheckpointError(f"{p / META}: unknown layout {layout!r}; this mrgptq reads {', '.join(LAYOUTS)}")
     dt = dtype or getattr(torch, meta.get("dtype", "float32"))
     with _no_init():  # allocate, skip random init; non-persistent buffers (RoPE tables) are still computed
         model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dt)
@@ -114,7 +136,7 @@ def load(path: str | Path, device="cpu", dtype: torch.dtype | None = None):
     for i in range(nblocks):
         quantized_skeleton(model, cfg, arch, prefix=f"{arch.blocks}.{i}.")
     expected = model.state_dict()
-    tensors = _read_tensors(p / WEIGHTS)
+    tensors = from_layout(_read_tensors(p / WEIGHTS), cfg, layout, model)
     missing = [k for k in expected if k not in tensors and not _is_tied(model, k)]
     if missing:
         raise CheckpointError(f"{p / WEIGHTS}: missing tensor {missing[0]} (and {len(missing) - 1} more); "
@@ -122,8 +144,10 @@ def load(path: str | Path, device="cpu", dtype: torch.dtype | None = None):
     extra = [k for k in tensors if k not in expected]
     if extra:
         raise CheckpointError(f"{p / WEIGHTS}: unexpected tensor {extra[0]}; the checkpoint does not match its config")
-    for k, t in tensors.items():
+    for k, t in list(tensors.items()):
         e = expected[k]
+        if t.dtype != e.dtype and _is_model_float(t, e, k):  # embeddings, norms, biases: cast to the asked dtype
+            t = tensors[k] = t.to(e.dtype)
         if t.shape != e.shape or t.dtype != e.dtype:
             raise CheckpointError(f"{p / WEIGHTS}: {k} has shape {tuple(t.shape)} {t.dtype}, "
                                   f"expected {tuple(e.shape)} {e.dtype}; the file is corrupt or mismatched")
@@ -151,6 +175,11 @@ def _no_init():
     except ImportError:  # transformers < 5
         from transformers.modeling_utils import no_init_weights
     return no_init_weights()
+
+
+def _is_model_float(t: torch.Tensor, e: torch.Tensor, key: str) -> bool:
+    floats = (torch.float32, torch.bfloat16, torch.float16)
+    return t.dtype in floats and e.dtype in floats and not key.endswith(("weight_scale", "global_scale"))
 
 
 def _is_tied(model, key: str) -> bool:

@@ -6,12 +6,15 @@ where W' = W R is the rotated weight that was quantized. On CPU the dequantize p
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
 from .. import formats
 from ..algorithms.activations import ActQuantizer
 from ..formats import FormatSpec, QuantizedTensor
+from ..formats.scales import FOUR_THIRDS_GLOBAL
 from ..transforms import Rotation
 
 _SCALE_DTYPES = {"e8m0": torch.uint8, "e4m3": torch.float8_e4m3fn, "fp32": torch.float32}
@@ -20,28 +23,31 @@ _SCALE_DTYPES = {"e8m0": torch.uint8, "e4m3": torch.float8_e4m3fn, "fp32": torch
 class QuantLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool, spec: FormatSpec,
                  rotation: Rotation | None = None, act_spec: FormatSpec | None = None,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, global_scale: bool | None = None, act_rule: str = "spec"):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.spec, self.rotation, self.act_spec = spec, rotation, act_spec
+        self.spec, self.rotation, self.act_spec, self.act_rule = spec, rotation, act_spec, act_rule
+        has_global = spec.global_scale if global_scale is None else global_scale
         ng = in_features // spec.group_size
         self.register_buffer("weight_packed", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
         self.register_buffer("weight_scale", torch.zeros(out_features, ng, dtype=_SCALE_DTYPES[spec.scale_dtype]))
-        self.register_buffer("weight_global_scale", torch.ones((), dtype=torch.float32) if spec.global_scale else None)
+        self.register_buffer("weight_global_scale", torch.ones(1, dtype=torch.float32) if has_global else None)
         self.register_buffer("weight_zero_point",
                              None if spec.symmetric else torch.zeros(out_features, ng, dtype=torch.uint8))
         self.register_buffer("input_global_scale",
-                             torch.ones((), dtype=torch.float32) if act_spec is not None and act_spec.global_scale
+                             torch.ones(1, dtype=torch.float32) if act_spec is not None and act_spec.global_scale
                              else None)
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
         self.compute_dtype = dtype
         self._w_cache = None
+        self._alpha = None
 
     @classmethod
     def from_quantized(cls, q: QuantizedTensor, bias: torch.Tensor | None, rotation: Rotation | None,
                        act: ActQuantizer | None, dtype: torch.dtype = torch.float32) -> "QuantLinear":
         out_f, in_f = q.codes.shape
-        m = cls(in_f, out_f, bias is not None, q.spec, rotation, act.spec if act else None, dtype)
+        m = cls(in_f, out_f, bias is not None, q.spec, rotation, act.spec if act else None, dtype,
+                global_scale=q.global_scale is not None, act_rule=act.rule if act else "spec")
         m.weight_packed.copy_(formats.pack(q.codes))
         m.weight_scale.copy_(q.scales)
         if q.global_scale is not None:
@@ -67,15 +73,40 @@ class QuantLinear(nn.Module):
         return c
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._w_cache = None
+        self._w_cache = self._alpha = None
         return super()._load_from_state_dict(*args, **kwargs)
 
     def act_quantizer(self) -> ActQuantizer | None:
         if self.act_spec is None:
             return None
-        return ActQuantizer(self.act_spec, self.rotation, self.input_global_scale)
+        return ActQuantizer(self.act_spec, self.rotation, self.input_global_scale, self.act_rule)
+
+    def kernel_alpha(self) -> float:
+        """1 / (g_w g_a): the per-tensor scales the GPU GEMM applies once (a Python float: no sync per call)."""
+        if self._alpha is None:
+            a = 1.0
+            if self.weight_global_scale is not None:
+                a /= float(self.weight_global_scale)
+            if self.act_spec is not None:
+                if self.input_global_scale is not None:
+                    a /= float(self.input_global_scale)
+                elif self.act_rule == "four-thirds":
+                    a /= FOUR_THIRDS_GLOBAL
+            self._alpha = a
+        return self._alpha
+
+    def _use_kernels(self, x: torch.Tensor) -> bool:
+        if not x.is_cuda or os.environ.get("MRGPTQ_KERNELS", "1") == "0":
+            return False
+        from .. import kernels
+
+        return kernels.available(x) and kernels.supports(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._use_kernels(x):
+            from ..kernels import fp4_linear
+
+            return fp4_linear(x, self)
         act = self.act_quantizer()
         if act is not None:
             x = act(x)

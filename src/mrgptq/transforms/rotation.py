@@ -100,11 +100,16 @@ class Rotation:
         return self.sign_vector()[:, None] * r if self.signs else r
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """Online side: x' = x R along the last dim, in x's dtype (fast WHT for power-of-two Hadamard)."""
+        """Online side: x' = x R along the last dim (fast WHT for power-of-two Hadamard).
+
+        Half-precision inputs are rotated in float32 and rounded once at the end, as compressed-tensors'
+        transforms do, so W4A4 activation codes do not depend on the order of bf16 additions."""
         if x.shape[-1] != self.dim:
             raise RotationError(f"rotation is for dim {self.dim}, input has last dim {x.shape[-1]}")
         if self.is_identity:
             return x
+        if x.dtype in (torch.float16, torch.bfloat16):
+            return self.apply(x.float()).to(x.dtype)
         if self.signs:
             x = x * self.sign_vector().to(x.device, x.dtype)
         b = self.size

@@ -1,0 +1,181 @@
+"""Build, check and time every FP4 kernel against cuBLAS bf16 and torch's fp8 _scaled_mm, in one run.
+
+    python benchmarks/kernels.py --json out/kernels.json            # Llama-3-8B and -70B linears, H100
+
+Times are triton.testing.do_bench medians over rotating copies of the operands (more bytes than L2 holds),
+so weights stream from HBM as in real decoding. Prints a table; writes JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+from pathlib import Path
+
+import torch
+
+SHAPES = {  # (N, K) of y = x W^T
+    "8B qkv": (6144, 4096), "8B o": (4096, 4096), "8B gate_up": (28672, 4096), "8B down": (4096, 14336),
+    "70B qkv": (10240, 8192), "70B o": (8192, 8192), "70B gate_up": (57344, 8192), "70B down": (8192, 28672),
+}
+L2_BYTES = 50 * 2**20
+
+
+def bench(fn_of_i, n_bufs):
+    from triton.testing import do_bench
+
+    state = {"i": 0}
+
+    def run():
+        fn_of_i(state["i"] % n_bufs)
+        state["i"] += 1
+
+    return do_bench(run, warmup=25, rep=100, return_mode="median") * 1e-3  # seconds
+
+
+def copies(nbytes):
+    return max(2, math.ceil(4 * L2_BYTES / max(nbytes, 1)))
+
+
+def packed_weights(fmt, N, K, n, dev):
+    from mrgptq import formats
+
+    W = torch.randn(N, K, device=dev) * 0.02
+    W = W * (torch.rand(N, K, device=dev) * 3).exp()  # heavy-ish tails, never zeros
+    q = formats.quantize(W, fmt)
+    wp = formats.pack(q.codes)
+    alpha = 1.0 if q.global_scale is None else 1.0 / float(q.global_scale)
+    bufs = [(wp.clone(), q.scales.clone()) for _ in range(n)]
+    return q, bufs, alpha, formats.dequantize(q).to(torch.bfloat16)
+
+
+def w4a16_rows(shapes, ms, dev):
+    from mrgptq.kernels.gemm import fp4_matmul
+
+    rows = []
+    for name, (N, K) in shapes.items():
+        n_w = copies(N * K // 2)
+        for fmt in ("mxfp4", "nvfp4"):
+            q, bufs, alpha, wdq = packed_weights(fmt, N, K, n_w, dev)
+            for M in ms:
+                x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
+                y = fp4_matmul(x, *bufs[0], q.spec, alpha)
+                ref = x.float() @ wdq.float().T
+                rel = ((y.float() - ref).norm() / ref.norm()).item()
+                t = bench(lambda i: fp4_matmul(x, *bufs[i], q.spec, alpha), n_w)
+                if fmt == "mxfp4":  # cuBLAS baseline once per (shape, M), same rotation depth in bytes
+                    n_b = copies(N * K * 2)
+                    wb = [torch.randn(N, K, device=dev, dtype=torch.bfloat16) for _ in range(min(n_b, 8))]
+                    t_bf16 = bench(lambda i: x @ wb[i].T, len(wb))
+                nbytes = N * K // 2 + bufs[0][1].numel() + 2 * M * (K + N)
+                rows.append({"kernel": "W4A16", "shape": name, "N": N, "K": K, "M": M, "format": fmt,
+                             "us": t * 1e6, "bf16_us": t_bf16 * 1e6, "speedup": t_bf16 / t,
+                             "GB/s": nbytes / t / 1e9, "rel_err": rel})
+    return rows
+
+
+def w4a4_rows(shapes, M, dev):
+    from mrgptq import formats
+    from mrgptq.kernels.gemm import fp4_matmul
+    from mrgptq.kernels.quantize import rotate_quantize
+
+    rows = []
+    for name, (N, K) in shapes.items():
+        x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
+        wb = torch.randn(N, K, device=dev, dtype=torch.bfloat16)
+        t_bf16 = bench(lambda i: x @ wb.T, 1)
+        x8, w8 = x.to(torch.float8_e4m3fn), wb.to(torch.float8_e4m3fn)
+        one = torch.ones((), device=dev)
+        t_fp8 = bench(lambda i: torch._scaled_mm(x8, w8.T, scale_a=one, scale_b=one, out_dtype=torch.bfloat16), 1)
+        flops = 2 * M * N * K
+        for fmt in ("mxfp4", "nvfp4"):
+            q, bufs, alpha_w, wdq = packed_weights(fmt, N, K, 1, dev)
+            spec = q.spec
+            gs = formats.nv_global_scale(x.float()).reshape(1) if fmt == "nvfp4" else None
+            ap, asc = rotate_quantize(x, spec, 32 if fmt == "mxfp4" else 16, "rounded" if fmt == "mxfp4" else "spec",
+                                      gs)
+            alpha = alpha_w / (1.0 if gs is None else float(gs))
+            y = fp4_matmul(ap, *bufs[0], spec, alpha, a_scales=asc)
+            xdq = formats.dequantize(formats.QuantizedTensor(formats.unpack(ap), asc, gs, spec))
+            ref = xdq @ wdq.float().T
+            rel = ((y.float() - ref).norm() / ref.norm()).item()
+            t = bench(lambda i: fp4_matmul(ap, *bufs[0], spec, alpha, a_scales=asc), 1)
+            t_q = bench(lambda i: rotate_quantize(x, spec, 32 if fmt == "mxfp4" else 16,
+                                                  "rounded" if fmt == "mxfp4" else "spec", gs), 1)
+            rows.append({"kernel": "W4A4", "shape": name, "N": N, "K": K, "M": M, "format": fmt, "us": t * 1e6,
+                         "with_act_quant_us": (t + t_q) * 1e6, "bf16_us": t_bf16 * 1e6, "fp8_us": t_fp8 * 1e6,
+                         "speedup": t_bf16 / t, "speedup_incl_quant": t_bf16 / (t + t_q),
+                         "TFLOP/s": flops / t / 1e12, "bf16_TFLOP/s": flops / t_bf16 / 1e12,
+                         "fp8_TFLOP/s": flops / t_fp8 / 1e12, "rel_err": rel})
+    return rows
+
+
+def quantize_rows(dev, M=4096):
+    from mrgptq import formats
+    from mrgptq.kernels.quantize import rotate, rotate_quantize
+
+    rows = []
+    for K in (4096, 14336):
+        n = copies(M * K * 2)
+        xs = [torch.randn(M, K, device=dev, dtype=torch.bfloat16) for _ in range(min(n, 6))]
+        t_copy = bench(lambda i: xs[i].clone(), len(xs))
+        copy_bw = 2 * M * K * 2 / t_copy
+        for fmt, block in (("mxfp4", 32), ("mxfp4", 128), ("nvfp4", 16), ("nvfp4", 64)):
+            spec = formats.get_spec(fmt)
+            gs = formats.nv_global_scale(xs[0].float()).reshape(1) if fmt == "nvfp4" else None
+            rule = "rounded" if fmt == "mxfp4" else "spec"
+            t = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs), len(xs))
+            nbytes = M * K * 2 + M * K // 2 + M * K // spec.group_size
+            rows.append({"kernel": "rotate+quantize", "M": M, "K": K, "format": fmt, "block": block, "us": t * 1e6,
+                         "GB/s": nbytes / t / 1e9, "copy_GB/s": copy_bw / 1e9, "of_copy": nbytes / t / copy_bw})
+        t = bench(lambda i: rotate(xs[i], 32), len(xs))
+        rows.append({"kernel": "rotate (W4A16)", "M": M, "K": K, "format": "bf16", "block": 32, "us": t * 1e6,
+                     "GB/s": 2 * M * K * 2 / t / 1e9, "copy_GB/s": copy_bw / 1e9,
+                     "of_copy": 2 * M * K * 2 / t / copy_bw})
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--json", default="out/kernels.json")
+    p.add_argument("--only", choices=("quantize", "w4a16", "w4a4"), nargs="*")
+    p.add_argument("--no-70b", action="store_true")
+    a = p.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/kernels.py needs a CUDA GPU")
+    dev = "cuda"
+    shapes = {k: v for k, v in SHAPES.items() if not (a.no_70b and k.startswith("70B"))}
+    only = set(a.only or ("quantize", "w4a16", "w4a4"))
+    rows = []
+    if "quantize" in only:
+        rows += quantize_rows(dev)
+        for r in rows:
+            print(f"{r['kernel']:16s} {r['format']} b{r['block']:<4d} M={r['M']} K={r['K']:<6d} {r['us']:8.1f} us "
+                  f"{r['GB/s']:7.0f} GB/s  {100 * r['of_copy']:.0f}% of copy")
+    if "w4a16" in only:
+        new = w4a16_rows(shapes, (1, 16, 128), dev)
+        for r in new:
+            print(f"W4A16 {r['format']} {r['shape']:12s} M={r['M']:<4d} {r['us']:8.1f} us  bf16 {r['bf16_us']:8.1f} us "
+                  f" x{r['speedup']:.2f}  {r['GB/s']:6.0f} GB/s  err {r['rel_err']:.1e}")
+        rows += new
+        for fmt in ("mxfp4", "nvfp4"):
+            s = [r["speedup"] for r in new if r["format"] == fmt and r["M"] == 1 and r["shape"].startswith("8B")]
+            if s:
+                print(f"W4A16 {fmt} M=1 geomean over Llama-3-8B linears: x{math.exp(sum(map(math.log, s)) / len(s)):.2f}")
+    if "w4a4" in only:
+        new = w4a4_rows({k: v for k, v in shapes.items() if k.startswith("8B")}, 4096, dev)
+        for r in new:
+            print(f"W4A4 {r['format']} {r['shape']:12s} M=4096 {r['us']:8.1f} us ({r['TFLOP/s']:.0f} TFLOP/s) "
+                  f"bf16 {r['bf16_us']:.1f} us ({r['bf16_TFLOP/s']:.0f})  fp8 {r['fp8_us']:.1f} us  x{r['speedup']:.2f} "
+                  f"(x{r['speedup_incl_quant']:.2f} with act quant)  err {r['rel_err']:.1e}")
+        rows += new
+    out = {"device": torch.cuda.get_device_name(), "date": datetime.date.today().isoformat(),
+           "torch": torch.__version__, "triton": __import__("triton").__version__, "rows": rows}
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {a.json}")
+
+
+if __name__ == "__main__":
+    main()

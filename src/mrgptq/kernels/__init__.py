@@ -1,0 +1,54 @@
+"""Triton FP4 kernels for Hopper (and any GPU Triton supports), checked against `mrgptq.formats`.
+
+`quantize.rotate_quantize`: fused block-Hadamard + FP4 quantization of activations (kernel 1);
+`quantize.rotate`: the online rotation alone (W4A16); `gemm.fp4_matmul`: W4A16 and W4A4 GEMMs (kernels 2, 3).
+`fp4_linear` is what QuantLinear calls on CUDA; on CPU the plain-PyTorch path in `runtime.qlinear` runs.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+
+def available(x: torch.Tensor | None = None) -> bool:
+    """Triton is installed and x (if given) lives on a CUDA device in a 16-bit float dtype."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    if x is None:
+        return torch.cuda.is_available()
+    return x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
+
+
+def fp4_linear(x: torch.Tensor, module) -> torch.Tensor:
+    """QuantLinear's forward on the GPU: rotate (+ quantize) the input, then the packed-weight GEMM."""
+    from .gemm import fp4_matmul
+    from .quantize import rotate, rotate_quantize
+
+    lead, K = x.shape[:-1], x.shape[-1]
+    x2 = x.reshape(-1, K)
+    rot = module.rotation
+    block = None if rot is None or rot.is_identity else rot.size
+    if module.act_spec is not None:
+        packed, scales = rotate_quantize(x2, module.act_spec, block, module.act_rule, module.input_global_scale)
+        y = fp4_matmul(packed, module.weight_packed, module.weight_scale, module.spec, module.kernel_alpha(),
+                       a_scales=scales, out_dtype=x.dtype)
+    else:
+        if block is not None:
+            x2 = rotate(x2, block)
+        y = fp4_matmul(x2, module.weight_packed, module.weight_scale, module.spec, module.kernel_alpha(),
+                       out_dtype=x.dtype)
+    if module.bias is not None:
+        y = y + module.bias.to(y.dtype)
+    return y.reshape(*lead, y.shape[-1])
+
+
+def supports(module) -> bool:
+    """Whether the kernels cover this QuantLinear (FP4 weights, power-of-two Hadamard or no rotation)."""
+    rot = module.rotation
+    if not module.spec.is_fp4 or (module.act_spec is not None and module.act_spec != module.spec):
+        return False
+    if rot is not None and not rot.is_identity:
+        if rot.kind != "hadamard" or rot.signs or rot.size & (rot.size - 1) or not 16 <= rot.size <= 256:
+            return False
+    return module.in_features % 64 == 0

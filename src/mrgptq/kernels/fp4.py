@@ -1,0 +1,99 @@
+"""Triton device helpers shared by the kernels: E2M1 encode/decode and the group-scale rules.
+
+Each helper mirrors one function of `mrgptq.formats` operation for operation (correctly rounded divisions,
+exact exponent extraction), so the kernels' codes and scales are bit-identical to the reference.
+"""
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # CPU interpreter: numpy has no bf16, dot in fp32
+
+# Scale-rule ids shared with the Python side (formats.scales names).
+RULE_SPEC, RULE_CEIL, RULE_ROUNDED, RULE_FOUR_THIRDS = 0, 1, 2, 3
+RULE_IDS = {"spec": RULE_SPEC, "ceil": RULE_CEIL, "rounded": RULE_ROUNDED, "four-thirds": RULE_FOUR_THIRDS}
+
+
+@triton.jit
+def e2m1_decode(codes):
+    """uint8 codes 0..15 -> float32 values (bit 3 is the sign)."""
+    c = codes.to(tl.int32)
+    m = c & 7  # 2|v| = m for m < 2, else (2 + mantissa bit) << (exponent - 1): 0 1 2 3 4 6 8 12
+    mag2 = tl.where(m < 2, m, (2 + (m & 1)) << tl.maximum((m >> 1) - 1, 0))
+    v = mag2.to(tl.float32) * 0.5
+    return tl.where((c & 8) != 0, -v, v)
+
+
+@triton.jit
+def e2m1_encode(v):
+    """Scaled float32 -> uint8 E2M1 code: nearest, ties to the even code, saturating at 6 (formats.codec)."""
+    a = tl.abs(v)
+    mag = (a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32) \
+        + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32) + (a > 5.0).to(tl.int32)
+    sign = (v.to(tl.int32, bitcast=True) >> 31) & 1
+    return (mag | (sign << 3)).to(tl.uint8)
+
+
+@triton.jit
+def round_bf16(y):
+    """float32 -> bfloat16, round to nearest even, by hand (the CPU interpreter's cast truncates)."""
+    bits = y.to(tl.int32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+    return bits.to(tl.float32, bitcast=True).to(tl.bfloat16)
+
+
+@triton.jit
+def store_rounded(ptr, y, mask):
+    """Store float32 `y` into ptr's dtype; bf16 is rounded to nearest even explicitly."""
+    if ptr.dtype.element_ty == tl.bfloat16:
+        tl.store(ptr, round_bf16(y), mask=mask)
+    else:
+        tl.store(ptr, y.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def pow2(e):
+    """2^e for integer e in [-127, 127], exactly (2^-127 is a float32 subnormal)."""
+    normal = ((e + 127) << 23).to(tl.float32, bitcast=True)
+    tiny = tl.full(e.shape, 1 << 22, tl.int32).to(tl.float32, bitcast=True)
+    return tl.where(e > -127, normal, tiny)
+
+
+@triton.jit
+def floor_log2(a):
+    """floor(log2(a)) for positive float32 from the exponent bits; -127 for zero and subnormals."""
+    bits = a.to(tl.int32, bitcast=True)
+    return ((bits >> 23) & 0xFF) - 127
+
+
+@triton.jit
+def e4m3_round(v):
+    """Round non-negative float32 (<= 448) to the nearest E4M3 value, ties to even, as float32.
+
+    Done by hand (quantum 2^(floor(log2 v) - 3), or 2^-9 for subnormals; rint by the 1.5 * 2^23 trick) so
+    the result does not depend on the conversion instruction (the CPU interpreter's fp8 cast mis-rounds)."""
+    e = tl.maximum(floor_log2(v), -6) - 3
+    quantum = pow2(e)
+    t = v * pow2(-e)
+    r = (t + 12582912.0) - 12582912.0
+    return r * quantum
+
+
+@triton.jit
+def mx_exponent(amax, RULE: tl.constexpr):
+    e0 = floor_log2(amax) - 2
+    if RULE == 1:  # ceil: nothing clips
+        e0 = e0 + (amax > 6.0 * pow2(tl.maximum(e0, -127))).to(tl.int32)
+    if RULE == 2:  # rounded: amax rounded to E2M1 precision first
+        e0 = e0 + (amax >= 7.0 * pow2(tl.maximum(e0, -127))).to(tl.int32)
+    return tl.minimum(tl.maximum(e0, -127), 127)
+
+
+@triton.jit
+def pack_codes(codes, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """(ROWS, COLS) codes -> (ROWS, COLS // 2) bytes."""
+    lo, hi = tl.split(tl.reshape(codes, (ROWS, COLS // 2, 2)))
+    return lo | (hi << 4)

@@ -1,0 +1,165 @@
+"""Kernel 1: fused block-Hadamard rotation + FP4 quantization of activations, one pass over memory.
+
+x (M, K) -> packed codes (M, K/2) uint8 + group scales (M, K/g): codes(Q(x R)) with R = diag(H_b / sqrt(b)).
+The rotation is a tensor-core product with the +-1 Sylvester block (exact in bf16), then one multiply by
+1/sqrt(b), as `transforms.fwht` does; the scale and rounding rules are `formats.scales` / `formats.codec`.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..formats import FormatSpec
+from ..transforms.hadamard import sylvester
+from .fp4 import (
+    INTERPRET,
+    RULE_IDS,
+    e2m1_encode,
+    e4m3_round,
+    mx_exponent,
+    pack_codes,
+    pow2,
+    round_bf16,
+    store_rounded,
+)
+
+
+@triton.jit
+def _rotate_quantize_kernel(
+    x_ptr, h_ptr, packed_ptr, scale_ptr, gs_ptr, M, K, stride_xm,
+    B: tl.constexpr, G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    ROTATE: tl.constexpr, NV: tl.constexpr, RULE: tl.constexpr, GDIV: tl.constexpr, INV_SQRT_B: tl.constexpr,
+    F32_DOT: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    rmask = rows < M
+    x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=rmask[:, None], other=0.0)
+    if ROTATE:
+        xb = tl.reshape(x, (BLOCK_M * BLOCK_K // B, B))
+        hb = tl.arange(0, B)
+        h = tl.load(h_ptr + hb[:, None] * B + hb[None, :])
+        if x.dtype == tl.float32 or F32_DOT:  # F32_DOT: the CPU interpreter has no bf16 dot
+            y = tl.dot(xb.to(tl.float32), h.to(tl.float32), input_precision="ieee")
+        else:
+            y = tl.dot(xb, h.to(x.dtype))
+        y = tl.reshape(y, (BLOCK_M, BLOCK_K)) * INV_SQRT_B
+        if x.dtype == tl.bfloat16:  # the runtime rotates into bf16, then quantizes (as compressed-tensors)
+            y = round_bf16(y).to(tl.float32)
+        elif x.dtype == tl.float16:
+            y = y.to(tl.float16).to(tl.float32)
+    else:
+        y = x.to(tl.float32)
+    yg = tl.reshape(y, (BLOCK_M, BLOCK_K // G, G))
+    amax = tl.max(tl.abs(yg), axis=2)
+    if NV:
+        gs = tl.load(gs_ptr)
+        s8 = e4m3_round(tl.minimum(gs * tl.math.div_rn(amax, 6.0), 448.0)).to(tl.float8e4nv)  # exact cast
+        eff = tl.math.div_rn(s8.to(tl.float32), gs)
+        stored = s8
+    else:
+        e = mx_exponent(amax, RULE)
+        eff = pow2(e)
+        if GDIV != 1.0:
+            eff = tl.math.div_rn(eff, GDIV)
+        stored = (e + 127).to(tl.uint8)
+    safe = tl.where(eff > 0, eff, 1.0)
+    q = tl.math.div_rn(yg, safe[:, :, None])
+    codes = e2m1_encode(q)
+    codes = tl.where(eff[:, :, None] > 0, codes, 0).to(tl.uint8)
+    packed = pack_codes(tl.reshape(codes, (BLOCK_M, BLOCK_K)), BLOCK_M, BLOCK_K)
+    pcols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+    tl.store(packed_ptr + rows[:, None] * (K // 2) + pcols[None, :], packed, mask=rmask[:, None])
+    scols = pid_k * (BLOCK_K // G) + tl.arange(0, BLOCK_K // G)
+    tl.store(scale_ptr + rows[:, None] * (K // G) + scols[None, :], stored, mask=rmask[:, None])
+
+
+@triton.jit
+def _rotate_kernel(x_ptr, h_ptr, y_ptr, M, K, stride_xm, B: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_K: tl.constexpr, INV_SQRT_B: tl.constexpr, F32_DOT: tl.constexpr):
+    """W4A16's online half: y = x R in x's dtype (rotated in fp32, rounded once)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    rmask = rows < M
+    x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=rmask[:, None], other=0.0)
+    xb = tl.reshape(x, (BLOCK_M * BLOCK_K // B, B))
+    hb = tl.arange(0, B)
+    h = tl.load(h_ptr + hb[:, None] * B + hb[None, :])
+    if x.dtype == tl.float32 or F32_DOT:
+        y = tl.dot(xb.to(tl.float32), h, input_precision="ieee")
+    else:
+        y = tl.dot(xb, h.to(x.dtype))
+    y = tl.reshape(y, (BLOCK_M, BLOCK_K)) * INV_SQRT_B
+    store_rounded(y_ptr + rows[:, None] * K + cols[None, :], y, rmask[:, None])
+
+
+def rotate(x: torch.Tensor, block: int, block_m: int = 32) -> torch.Tensor:
+    """x R for a power-of-two block Hadamard R (leading dims flattened), in x's dtype."""
+    K = x.shape[-1]
+    x2 = x.reshape(-1, K)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    block_k = max(block, 64)
+    if K % block_k:
+        raise ValueError(f"rotate: K={K} must be a multiple of {block_k}")
+    y = torch.empty_like(x2)
+    grid = (triton.cdiv(x2.shape[0], block_m), K // block_k)
+    _rotate_kernel[grid](x2, _hadamard_pm1(block, x.device), y, x2.shape[0], K, x2.stride(0), B=block,
+                         BLOCK_M=block_m, BLOCK_K=block_k, INV_SQRT_B=float(block) ** -0.5, F32_DOT=INTERPRET)
+    return y.reshape(x.shape)
+
+
+_H_CACHE: dict = {}
+
+
+def _hadamard_pm1(b: int, device) -> torch.Tensor:
+    key = (b, str(device))
+    if key not in _H_CACHE:
+        _H_CACHE[key] = sylvester(b).to(torch.float32).to(device).contiguous()
+    return _H_CACHE[key]
+
+
+def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: str = "spec",
+                    global_scale: torch.Tensor | None = None, block_m: int = 32, out=None):
+    """(packed codes (M, K/2) uint8, scales (M, K/g)) of Q(x R), R the block-`block` Hadamard (None: no R).
+
+    Leading dims of x are flattened. NVFP4 needs its static per-tensor `global_scale`.
+    """
+    from ..formats.scales import FOUR_THIRDS_GLOBAL
+
+    if not spec.is_fp4:
+        raise ValueError(f"rotate_quantize: {spec.name} is not an FP4 format")
+    K = x.shape[-1]
+    x2 = x.reshape(-1, K)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    M = x2.shape[0]
+    g = spec.group_size
+    b = block or g
+    if block is not None and (block & (block - 1) or block < 16 or block > 256):
+        raise ValueError(f"rotate_quantize: rotation block {block} must be a power of two in 16..256")
+    block_k = max(b, g, 64)
+    if K % block_k:
+        raise ValueError(f"rotate_quantize: K={K} must be a multiple of {block_k}")
+    nv = spec.scale_dtype == "e4m3"
+    if nv and global_scale is None:
+        raise ValueError("rotate_quantize: NVFP4 needs the static activation global scale")
+    sdt = torch.float8_e4m3fn if nv else torch.uint8
+    if out is None:
+        packed = torch.empty((M, K // 2), dtype=torch.uint8, device=x.device)
+        scales = torch.empty((M, K // g), dtype=sdt, device=x.device)
+    else:
+        packed, scales = out
+    h = _hadamard_pm1(b, x.device) if block is not None else packed  # dummy pointer when not rotating
+    gs = global_scale.reshape(1).float().to(x.device) if nv else packed
+    gdiv = FOUR_THIRDS_GLOBAL if (not nv and rule == "four-thirds") else 1.0
+    grid = (triton.cdiv(M, block_m), K // block_k)
+    _rotate_quantize_kernel[grid](
+        x2, h, packed, scales, gs, M, K, x2.stride(0),
+        B=b, G=g, BLOCK_M=block_m, BLOCK_K=block_k, ROTATE=block is not None, NV=nv,
+        RULE=RULE_IDS.get(rule, 0), GDIV=gdiv, INV_SQRT_B=float(b) ** -0.5, F32_DOT=INTERPRET,
+    )
+    return packed.reshape(*x.shape[:-1], K // 2), scales.reshape(*x.shape[:-1], K // g)

@@ -1,0 +1,130 @@
+"""Triton kernels against the formats/ reference, with poisoned outputs so an unwritten element fails.
+
+On a CPU machine they run in Triton's interpreter (TRITON_INTERPRET=1, small shapes); with a GPU, on the GPU
+at Llama-sized shapes. Quantize: codes and scales bit-exact. GEMMs: within bf16 rounding of the output.
+"""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # must be set before the kernels are defined
+pytest.importorskip("triton")
+
+from conftest import student_t
+
+from mrgptq import formats
+from mrgptq.kernels.gemm import fp4_matmul
+from mrgptq.kernels.quantize import rotate, rotate_quantize
+from mrgptq.transforms import Rotation
+
+GPU = torch.cuda.is_available()
+DEV = "cuda" if GPU else "cpu"
+K_ACT = 4096 if GPU else 256
+POISON = 0xAB
+
+
+def poisoned(shape, dtype):
+    t = torch.empty(shape, dtype=torch.uint8 if dtype in (torch.uint8, torch.float8_e4m3fn) else dtype, device=DEV)
+    t.fill_(POISON if t.dtype == torch.uint8 else float("nan"))
+    return t.view(dtype)
+
+
+CASES = [("mxfp4", "spec", None), ("mxfp4", "spec", 32), ("mxfp4", "rounded", 64), ("mxfp4", "four-thirds", 128),
+         ("mxfp4", "ceil", 16), ("nvfp4", "spec", 16), ("nvfp4", "spec", 128), ("nvfp4", "spec", None)]
+
+
+@pytest.mark.parametrize("fmt,rule,block", CASES)
+def test_rotate_quantize_is_bit_exact(fmt, rule, block):
+    spec = formats.get_spec(fmt)
+    M = 300 if GPU else 37  # not a multiple of the row tile
+    x = (student_t((M, K_ACT), seed=hash((fmt, rule, block)) % 1000) * 0.3).to(torch.bfloat16).to(DEV)
+    xr = (x if block is None else Rotation(K_ACT, "hadamard", block).apply(x)).float()  # rotated into bf16
+    gs = formats.nv_global_scale(xr).reshape(1) if fmt == "nvfp4" else None
+    ref = formats.quantize(xr, spec, scale_rule=rule, global_scale=gs)
+    sdt = torch.float8_e4m3fn if fmt == "nvfp4" else torch.uint8
+    out = (poisoned((M, K_ACT // 2), torch.uint8), poisoned((M, K_ACT // spec.group_size), sdt))
+    packed, scales = rotate_quantize(x, spec, block, rule, gs, out=out)
+    assert torch.equal(scales.view(torch.uint8), ref.scales.view(torch.uint8))
+    assert torch.equal(formats.unpack(packed), ref.codes)
+
+
+@pytest.mark.parametrize("block", [16, 32, 128])
+def test_rotate_matches_fwht(block):
+    x = student_t((33, K_ACT), seed=block).to(torch.bfloat16).to(DEV)
+    ref = Rotation(K_ACT, "hadamard", block).apply(x)
+    y = rotate(x, block)
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+    if GPU:  # tensor-core fp32 sums may round in another order: at most one bf16 step apart
+        assert ((y.float() - ref.float()).abs() <= ref.float().abs() * 2**-7 + 1e-30).all()
+    else:
+        assert torch.equal(y, ref)
+
+
+def _weights(fmt, N, K, seed):
+    W = student_t((N, K), seed=seed) * 0.02
+    q = formats.quantize(W, fmt)
+    return q, formats.pack(q.codes).to(DEV), q.scales.to(DEV), formats.dequantize(q).to(DEV)
+
+
+def _alpha(q):
+    return 1.0 if q.global_scale is None else 1.0 / float(q.global_scale)
+
+
+def _close(y, ref):
+    """bf16 output rounding: per-element half-ulp of bf16 plus fp32 accumulation-order noise."""
+    err = (y.float() - ref).abs()
+    assert torch.isfinite(y).all(), "unwritten (poisoned) or overflowed outputs"
+    assert (err <= ref.abs() * 2**-8 + ref.abs().max() * 1e-4).all(), f"max err {err.max().item()}"
+
+
+SHAPES = [(6144, 4096), (4096, 14336)] if GPU else [(96, 512), (64, 256)]
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+@pytest.mark.parametrize("M", [1, 5, 16, 70])
+def test_w4a16_gemm(fmt, M):
+    for i, (N, K) in enumerate(SHAPES):
+        q, wp, ws, wdq = _weights(fmt, N, K, seed=i)
+        x = student_t((M, K), seed=M).to(torch.bfloat16).to(DEV)
+        ref = x.float() @ wdq.T
+        y = fp4_matmul(x, wp, ws, q.spec, _alpha(q), out=poisoned((M, N), torch.bfloat16))
+        _close(y, ref)
+        if M == 1:  # the single-pass path against the split-K one (fp32 atomics)
+            y2 = fp4_matmul(x, wp, ws, q.spec, _alpha(q), config=(16, 64, 64, 1, 4, 2))
+            _close(y2, ref)
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+@pytest.mark.parametrize("M", [3, 130])
+def test_w4a4_gemm(fmt, M):
+    N, K = SHAPES[0]
+    q, wp, ws, wdq = _weights(fmt, N, K, seed=3)
+    x = (student_t((M, K), seed=M) * 0.5).to(torch.bfloat16).to(DEV)
+    gs = formats.nv_global_scale(x.float()).reshape(1) if fmt == "nvfp4" else None
+    xq = formats.quantize(x.float(), q.spec, global_scale=gs)
+    ref = formats.dequantize(xq) @ wdq.T
+    ap, asc = rotate_quantize(x, q.spec, None, "spec", gs)
+    alpha = _alpha(q) / (1.0 if gs is None else float(gs))
+    y = fp4_matmul(ap, wp, ws, q.spec, alpha, a_scales=asc, out=poisoned((M, N), torch.bfloat16))
+    _close(y, ref)
+
+
+@pytest.mark.skipif(not GPU, reason="QuantLinear dispatches to the kernels on CUDA only")
+@pytest.mark.parametrize("w4a4", [False, True])
+def test_quantlinear_dispatch_matches_pytorch_path(w4a4):
+    from mrgptq.algorithms import ActQuantizer
+    from mrgptq.runtime import QuantLinear
+
+    spec = formats.get_spec("mxfp4")
+    rot = Rotation(2048, "hadamard", 32)
+    q = formats.quantize(rot.fuse(student_t((512, 2048), seed=1) * 0.02), spec)
+    act = ActQuantizer(spec, rot, rule="rounded") if w4a4 else None
+    m = QuantLinear.from_quantized(q, None, rot, act, dtype=torch.bfloat16).to(DEV)
+    x = student_t((4, 7, 2048), seed=2).to(torch.bfloat16).to(DEV)
+    os.environ["MRGPTQ_KERNELS"] = "0"
+    ref = m(x).float()
+    os.environ["MRGPTQ_KERNELS"] = "1"
+    y = m(x).float()
+    assert ((y - ref).norm() / ref.norm()).item() < 1e-2

@@ -50,6 +50,7 @@ def _device(arg: str | None) -> str:
 def add_quant_args(p: argparse.ArgumentParser) -> None:
     from .algorithms import METHODS
     from .formats import FORMAT_NAMES, SCALE_RULES
+    from .formats.scales import ONLINE_RULES
     from .transforms import TRANSFORMS
 
     p.add_argument("model", nargs="?", help="HF hub id, local model dir or .gguf file (default: built-in SmolLM2)")
@@ -72,7 +73,7 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qep-alpha", type=float, default=0.5, help="QEP propagation strength (default 0.5)")
     p.add_argument("--w4a4", action="store_true", help="also quantize activations (W4A4)")
     p.add_argument("--act-format", choices=FORMAT_NAMES, help="activation format for W4A4 (implies --w4a4)")
-    p.add_argument("--act-scale-rule", choices=("spec", "ceil", "rounded", "four-thirds"),
+    p.add_argument("--act-scale-rule", choices=ONLINE_RULES,
                    help="W4A4 activation scale rule (default: rounded for MXFP4, as compressed-tensors/vLLM; spec "
                         "for NVFP4)")
     p.add_argument("--calib", default="builtin",
@@ -212,11 +213,9 @@ def cmd_quantize(a) -> int:
 def _layout(asked: str, cfg, model) -> str:
     """The checkpoint layout for --export: checked against the recipe before any work is done."""
     from .export import check, default_layout
-    from .model.arch import blocks, get_arch
+    from .model.arch import linear_in_features
 
-    arch = get_arch(model)
-    block = blocks(model)[0]
-    in_features = sorted({block.get_submodule(n).in_features for n in arch.linears})
+    in_features = linear_in_features(model)
     if asked == "auto":
         return default_layout(cfg, in_features)
     check(cfg, asked, in_features)

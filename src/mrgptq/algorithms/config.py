@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 from ..formats import FORMAT_NAMES, SCALE_RULES, get_spec
-from ..formats.scales import MX_ONLY_RULES
+from ..formats.scales import MX_ONLY_RULES, ONLINE_RULES, has_global_scale
 from ..transforms import TRANSFORMS
 from .qep import QEP_ALPHA
 
@@ -61,9 +61,9 @@ class QuantConfig:
         act_rule = None
         if act_format is not None:
             act_rule = self.act_scale_rule or ("rounded" if act_format == "mxfp4" else "spec")
-            if act_rule not in ("spec", "ceil", "rounded", "four-thirds"):
+            if act_rule not in ONLINE_RULES:
                 raise ConfigError(f"activation scale rule {act_rule!r} is not an online rule: "
-                                  "choose spec, ceil, rounded or four-thirds")
+                                  f"choose {', '.join(ONLINE_RULES)}")
             if act_format != "mxfp4" and act_rule != "spec":
                 raise ConfigError(f"activation scale rule {act_rule!r} is for MXFP4 only; use 'spec' for {act_format}")
         if rule in MX_ONLY_RULES and spec.scale_dtype != "e8m0":
@@ -84,7 +84,7 @@ class QuantConfig:
     @property
     def weight_global_scale(self) -> bool:
         """Whether the quantized weights carry a per-tensor scale (NVFP4, or MXFP4's 4/3 trick)."""
-        return self.spec.global_scale or (self.spec.scale_dtype == "e8m0" and self.scale_rule == "four-thirds")
+        return has_global_scale(self.spec, self.scale_rule)
 
     def to_dict(self) -> dict:
         return asdict(self)

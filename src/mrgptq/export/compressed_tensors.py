@@ -16,9 +16,9 @@ import re
 import torch
 
 from ..algorithms import QuantConfig
+from ..formats import get_spec
 from ..model.arch import get_arch
 
-_GROUP = {"nvfp4": 16, "mxfp4": 32}
 _FORMAT = {"nvfp4": "nvfp4-pack-quantized", "mxfp4": "mxfp4-pack-quantized"}
 EXPRESSIBLE = ("MXFP4 (group 32) and NVFP4 (group 16), W4A16 or W4A4 in the same format, with the identity "
                "or a power-of-two block Hadamard rotation without random signs")
@@ -28,8 +28,8 @@ def unsupported(cfg: QuantConfig, in_features: list[int]) -> str | None:
     cfg = cfg.resolved()
     if cfg.format not in _FORMAT:
         return f"compressed-tensors stores {cfg.format.upper()} only as int32-packed; it holds {EXPRESSIBLE}"
-    if cfg.group_size != _GROUP[cfg.format]:
-        return f"{cfg.format.upper()} needs group size {_GROUP[cfg.format]} there (got {cfg.group_size})"
+    if cfg.group_size != get_spec(cfg.format).group_size:
+        return f"{cfg.format.upper()} needs group size {get_spec(cfg.format).group_size} there (got {cfg.group_size})"
     if cfg.weight_global_scale and cfg.format == "mxfp4":
         return "MXFP4 has no per-tensor scale there, so the 'four-thirds' scale rule cannot be stored"
     if cfg.w4a4 and cfg.act_format != cfg.format:
@@ -61,7 +61,7 @@ def _args(fmt: str, dynamic):
     nv = fmt == "nvfp4"
     sdt = torch.float8_e4m3fn if nv else torch.uint8
     return QuantizationArgs(
-        num_bits=4, type=QuantizationType.FLOAT, symmetric=True, dynamic=dynamic, group_size=_GROUP[fmt],
+        num_bits=4, type=QuantizationType.FLOAT, symmetric=True, dynamic=dynamic, group_size=get_spec(fmt).group_size,
         strategy=QuantizationStrategy.TENSOR_GROUP if nv else QuantizationStrategy.GROUP,
         scale_dtype=sdt, zp_dtype=sdt,
     )

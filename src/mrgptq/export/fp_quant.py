@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..algorithms import QuantConfig
+from ..formats import get_spec
 from ..model.arch import get_arch
 from ..transforms.rotation import block_matrix
 
@@ -26,7 +27,7 @@ def unsupported(cfg: QuantConfig) -> str | None:
     cfg = cfg.resolved()
     if cfg.format not in _BLOCKS:
         return f"FPQuantConfig knows MXFP4 and NVFP4 only; it holds {EXPRESSIBLE}"
-    if cfg.group_size != {"mxfp4": 32, "nvfp4": 16}[cfg.format]:
+    if cfg.group_size != get_spec(cfg.format).group_size:
         return f"{cfg.format.upper()} has a fixed group size there ({cfg.group_size} given)"
     if not cfg.w4a4:
         return "FPQuantLinear always quantizes activations, so only W4A4 fits: quantize with --w4a4, or export " \

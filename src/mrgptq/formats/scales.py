@@ -17,6 +17,7 @@ from .spec import E2M1_MAX, E4M3_MAX, E8M0_BIAS, FormatError, FormatSpec
 
 SCALE_RULES = ("spec", "ceil", "rounded", "four-thirds", "mse")
 MX_ONLY_RULES = ("ceil", "rounded", "four-thirds")
+ONLINE_RULES = ("spec", "ceil", "rounded", "four-thirds")  # computable per call: usable for activations
 FOUR_THIRDS_GLOBAL = 0.75  # dequant divides by the global scale: x = grid * 2^e / 0.75
 MSE_GRID = 100  # shrink factors from 1.0 to 0.2, as in the reference observer
 MSE_NORM = 2.4
@@ -53,11 +54,16 @@ def nv_global_scale(x: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(g) & (amax > 0), g, torch.ones_like(g)).reshape(())
 
 
+def has_global_scale(spec: FormatSpec, rule: str) -> bool:
+    """Whether quantizing with this format and rule yields a per-tensor scale (NVFP4, or MXFP4's 4/3 trick)."""
+    return spec.global_scale or (spec.scale_dtype == "e8m0" and rule == "four-thirds")
+
+
 def global_scale_for(x: torch.Tensor, spec: FormatSpec, rule: str) -> torch.Tensor | None:
     """The per-tensor scale a format/rule needs: NVFP4's amax-based one, the 4/3 trick's constant, or None."""
     if spec.global_scale:
         return nv_global_scale(x)
-    if spec.scale_dtype == "e8m0" and rule == "four-thirds":
+    if has_global_scale(spec, rule):
         return torch.tensor(FOUR_THIRDS_GLOBAL, dtype=torch.float32, device=x.device)
     return None
 

@@ -6,14 +6,20 @@
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import torch
 
 
+@functools.cache
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def available(x: torch.Tensor | None = None) -> bool:
     """Triton is installed and x (if given) lives on a CUDA device in a 16-bit float dtype."""
-    if importlib.util.find_spec("triton") is None:
+    if not _has_triton():
         return False
     if x is None:
         return torch.cuda.is_available()

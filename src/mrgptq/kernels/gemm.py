@@ -54,6 +54,14 @@ def _folded_fp8(vals, e):
 
 
 @triton.jit
+def _dot_nt(a, b, F32_DOT: tl.constexpr):
+    """a (M, K) times b (N, K) transposed, fp32 accumulate (F32_DOT: exact fp32, for the CPU interpreter)."""
+    if F32_DOT:
+        return tl.dot(a.to(tl.float32), tl.trans(b.to(tl.float32)), input_precision="ieee")
+    return tl.dot(a, tl.trans(b))
+
+
+@triton.jit
 def _fp4_gemm_kernel(
     a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, c_ptr, alpha, M, N, K, stride_am, stride_cm,
     G: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr,
@@ -79,26 +87,13 @@ def _fp4_gemm_kernel(
             if FP8:
                 a8, amax_e = _folded_fp8(av, as_)
                 b8, bmax_e = _folded_fp8(bv, bs)
-                if F32_DOT:
-                    part = tl.dot(a8.to(tl.float32), tl.trans(b8.to(tl.float32)), input_precision="ieee")
-                else:
-                    part = tl.dot(a8, tl.trans(b8))
-                acc += part * (pow2(amax_e)[:, None] * pow2(bmax_e)[None, :])
+                acc += _dot_nt(a8, b8, F32_DOT) * (pow2(amax_e)[:, None] * pow2(bmax_e)[None, :])
             else:
-                a = _scaled_bf16(av, as_, NV)
-                b = _scaled_bf16(bv, bs, NV)
-                if F32_DOT:
-                    acc += tl.dot(a.to(tl.float32), tl.trans(b.to(tl.float32)), input_precision="ieee")
-                else:
-                    acc += tl.dot(a, tl.trans(b))
+                acc += _dot_nt(_scaled_bf16(av, as_, NV), _scaled_bf16(bv, bs, NV), F32_DOT)
         else:
             kc = k0 + tl.arange(0, BK)
             a = tl.load(a_ptr + rm[:, None] * stride_am + kc[None, :], mask=mmask[:, None], other=0.0)
-            b = _scaled_bf16(bv, bs, NV)
-            if F32_DOT:
-                acc += tl.dot(a.to(tl.float32), tl.trans(b.to(tl.float32)), input_precision="ieee")
-            else:
-                acc += tl.dot(a.to(tl.bfloat16), tl.trans(b))
+            acc += _dot_nt(a.to(tl.bfloat16), _scaled_bf16(bv, bs, NV), F32_DOT)
     acc = acc * alpha
     cmask = mmask[:, None] & nmask[None, :]
     cptr = c_ptr + rm[:, None] * stride_cm + rn[None, :]
@@ -108,7 +103,7 @@ def _fp4_gemm_kernel(
         store_rounded(cptr, acc, cmask)
 
 
-def _pick(M: int, N: int, K: int, a_fp4: bool, sms: int):
+def _pick(M: int, N: int, K: int, sms: int):
     """Tile sizes and split-K: small M streams the weight across all SMs; large M tiles for reuse."""
     bk = next(b for b in (256, 128, 64, 32, 16) if K % b == 0)
     if M <= 16:
@@ -157,7 +152,7 @@ def fp4_matmul(a, w_packed, w_scales, spec: FormatSpec, alpha: float = 1.0, a_sc
         raise ValueError(f"fp4_matmul: A has K={a.shape[1]}, W has K={K}")
     g = spec.group_size
     nv = spec.scale_dtype == "e4m3"
-    bm, bn, bk, split, warps, stages = config or _pick(M, N, K, a_fp4, _sm_count(a.device))
+    bm, bn, bk, split, warps, stages = config or _pick(M, N, K, _sm_count(a.device))
     if K % bk or bk % g:
         raise ValueError(f"fp4_matmul: K={K} must be a multiple of the K tile {bk}, itself of the group {g}")
     if a.stride(-1) != 1:

@@ -26,6 +26,21 @@ from .fp4 import (
 
 
 @triton.jit
+def _block_rotate(x, h_ptr, B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                  INV_SQRT_B: tl.constexpr, F32_DOT: tl.constexpr):
+    """(BLOCK_M, BLOCK_K) tile times diag(H_b) / sqrt(b), float32: a tensor-core product with the exact +-1
+    block (F32_DOT: in fp32, as the CPU interpreter has no bf16 dot), then one multiply, as transforms.fwht."""
+    xb = tl.reshape(x, (BLOCK_M * BLOCK_K // B, B))
+    hb = tl.arange(0, B)
+    h = tl.load(h_ptr + hb[:, None] * B + hb[None, :])
+    if x.dtype == tl.float32 or F32_DOT:
+        y = tl.dot(xb.to(tl.float32), h.to(tl.float32), input_precision="ieee")
+    else:
+        y = tl.dot(xb, h.to(x.dtype))
+    return tl.reshape(y, (BLOCK_M, BLOCK_K)) * INV_SQRT_B
+
+
+@triton.jit
 def _rotate_quantize_kernel(
     x_ptr, h_ptr, packed_ptr, scale_ptr, gs_ptr, M, K, stride_xm,
     B: tl.constexpr, G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -39,14 +54,7 @@ def _rotate_quantize_kernel(
     rmask = rows < M
     x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=rmask[:, None], other=0.0)
     if ROTATE:
-        xb = tl.reshape(x, (BLOCK_M * BLOCK_K // B, B))
-        hb = tl.arange(0, B)
-        h = tl.load(h_ptr + hb[:, None] * B + hb[None, :])
-        if x.dtype == tl.float32 or F32_DOT:  # F32_DOT: the CPU interpreter has no bf16 dot
-            y = tl.dot(xb.to(tl.float32), h.to(tl.float32), input_precision="ieee")
-        else:
-            y = tl.dot(xb, h.to(x.dtype))
-        y = tl.reshape(y, (BLOCK_M, BLOCK_K)) * INV_SQRT_B
+        y = _block_rotate(x, h_ptr, B, BLOCK_M, BLOCK_K, INV_SQRT_B, F32_DOT)
         if x.dtype == tl.bfloat16:  # the runtime rotates into bf16, then quantizes (as compressed-tensors)
             y = round_bf16(y).to(tl.float32)
         elif x.dtype == tl.float16:
@@ -85,14 +93,7 @@ def _rotate_kernel(x_ptr, h_ptr, y_ptr, M, K, stride_xm, B: tl.constexpr, BLOCK_
     cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     rmask = rows < M
     x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=rmask[:, None], other=0.0)
-    xb = tl.reshape(x, (BLOCK_M * BLOCK_K // B, B))
-    hb = tl.arange(0, B)
-    h = tl.load(h_ptr + hb[:, None] * B + hb[None, :])
-    if x.dtype == tl.float32 or F32_DOT:
-        y = tl.dot(xb.to(tl.float32), h, input_precision="ieee")
-    else:
-        y = tl.dot(xb, h.to(x.dtype))
-    y = tl.reshape(y, (BLOCK_M, BLOCK_K)) * INV_SQRT_B
+    y = _block_rotate(x, h_ptr, B, BLOCK_M, BLOCK_K, INV_SQRT_B, F32_DOT)
     store_rounded(y_ptr + rows[:, None] * K + cols[None, :], y, rmask[:, None])
 
 

@@ -70,3 +70,9 @@ def set_module(root: torch.nn.Module, path: str, new: torch.nn.Module) -> None:
 
 def blocks(model) -> torch.nn.ModuleList:
     return get_module(model, get_arch(model).blocks)
+
+
+def linear_in_features(model) -> list[int]:
+    """The distinct input widths of the arch's linears (block 0 stands for all), quantized or not."""
+    first = blocks(model)[0]
+    return sorted({get_module(first, n).in_features for n in get_arch(model).linears})

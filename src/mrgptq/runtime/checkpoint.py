@@ -16,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..algorithms import QuantConfig
-from ..model.arch import get_arch
+from ..model.arch import get_arch, linear_in_features
 
 WEIGHTS = "model.safetensors"
 META = "mrgptq.json"
@@ -61,7 +61,7 @@ def save_checkpoint(model, tokenizer, meta: dict, out: str | Path, extra_files: 
 
     out = Path(out)
     cfg = QuantConfig(**meta["config"]).resolved()
-    check(cfg, layout, _in_features(model))
+    check(cfg, layout, linear_in_features(model))
     meta = {**meta, "layout": layout}
     sd = _state_dict(model)
     bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v.float()).all()]
@@ -85,12 +85,6 @@ def save_checkpoint(model, tokenizer, meta: dict, out: str | Path, extra_files: 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _in_features(model) -> list[int]:
-    from .qlinear import QuantLinear
-
-    return sorted({m.in_features for m in model.modules() if isinstance(m, QuantLinear)})
 
 
 def read_meta(path: str | Path) -> dict:

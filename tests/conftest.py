@@ -47,3 +47,28 @@ def tiny_llama(layers=2, hidden=64, inter=128, vocab=256, seed=0):
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                       tie_word_embeddings=False)
     return LlamaForCausalLM(cfg).eval()
+
+
+def save_model_dir(d, model):
+    """`model` saved with a small word-level tokenizer and a calibration text: a model directory the CLI loads
+    offline. Returns d."""
+    from pathlib import Path
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    d = Path(d)
+    words = sorted(set(Path(__file__).read_text().split()))[: model.config.vocab_size - 6]
+    vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(words)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]").save_pretrained(d)
+    model.save_pretrained(d)
+    (d / "calib.txt").write_text(" ".join(words * 40))
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A 6-block tiny Llama directory with tokenizer and calib.txt."""
+    return save_model_dir(tmp_path_factory.mktemp("tiny"), tiny_llama(layers=6, hidden=64, inter=128, vocab=256))

@@ -1,12 +1,11 @@
 """Layer-level RTN / GPTQ / MR-GPTQ / W4A4 / QEP on real SmolLM2 activations (held-out tokens)."""
 import pytest
 import torch
+from conftest import student_t
 
 from mrgptq import formats
 from mrgptq.algorithms import ActQuantizer, Hessian, LayerPlan, QuantConfig, gptq, qep_correct
 from mrgptq.transforms import Rotation
-
-from conftest import student_t
 
 LAYERS = {"b2.q_proj": (2, "self_attn.q_proj"), "b2.down_proj": (2, "mlp.down_proj"),
           "b20.q_proj": (20, "self_attn.q_proj"), "b20.down_proj": (20, "mlp.down_proj")}
@@ -135,3 +134,18 @@ def test_scales_static_vs_dynamic_both_valid(captured):
     for scales in ("static", "dynamic"):
         e = layer_error(W, Xc, Xh, QuantConfig(format="mxfp4", method="mr-gptq", scales=scales))
         assert e < layer_error(W, Xc, Xh, QuantConfig(format="mxfp4", method="rtn"))
+
+
+def test_near_singular_hessian_escalates_damping_and_reports(caplog):
+    x = student_t((4, 64), seed=3)  # 4 tokens for a 64-wide input: rank-4 Hessian, 60 zero eigenvalues
+    x[:, 10] = x[:, 11]  # and a duplicated column
+    H = 2 * x.T @ x / 4
+    W = student_t((16, 64), seed=4)
+    W[3] = 0  # an all-zero row
+    with caplog.at_level("WARNING", logger="mrgptq"):
+        q = gptq(W, H, formats.get_spec("nvfp4"), damp=1e-14, name="blk.q_proj")
+    assert any("blk.q_proj" in r.message and "dampening raised" in r.message for r in caplog.records)
+    dq = formats.dequantize(q)
+    assert torch.isfinite(dq).all() and torch.equal(dq[3], torch.zeros(64))
+    rtn_err = (formats.dequantize(formats.quantize(W, "nvfp4")) - W).norm()
+    assert (dq - W).norm() < 3 * rtn_err  # heavy dampening degrades to (close to) plain rounding, not to noise

@@ -2,11 +2,10 @@
 import numpy as np
 import pytest
 import torch
+from conftest import student_t
 
 from mrgptq import formats as F
 from mrgptq.formats.codec import decode, encode_e2m1
-
-from conftest import student_t
 
 GRID = np.array(F.E2M1_GRID)
 

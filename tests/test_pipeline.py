@@ -1,12 +1,11 @@
 """Whole-model pipeline on a tiny Llama: every recipe runs, resume is exact, checkpoints round-trip."""
 import pytest
 import torch
+from conftest import tiny_llama
 
 from mrgptq.algorithms import QuantConfig
 from mrgptq.model.pipeline import quantize_model
 from mrgptq.runtime import CheckpointError, QuantLinear, load, save_checkpoint
-
-from conftest import tiny_llama
 
 
 def calib(n=4, seqlen=32, vocab=256, seed=0):

@@ -1,11 +1,10 @@
 """Rotations: exact Hadamard orders, orthogonality, and function preservation when fused."""
 import pytest
 import torch
+from conftest import student_t
 
 from mrgptq.transforms import Rotation, RotationError, fwht, hadamard, has_hadamard
 from mrgptq.transforms.hadamard import _hadamard_pm1, paley_factor, sylvester
-
-from conftest import student_t
 
 
 @pytest.mark.parametrize("n", [12, 20, 28, 36, 40, 44, 52, 60, 108, 140, 344, 576, 1536])

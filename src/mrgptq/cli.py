@@ -15,7 +15,8 @@ from pathlib import Path
 
 from . import __version__
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError)
+# MrgptqError (and ValueError, its base) is bad input; OSError is the environment (missing path, full disk).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 EXIT_USAGE = 2
 DEMO_WINDOWS = 40
 
@@ -248,6 +249,8 @@ def _check_writable(out: Path) -> None:
     probe = parent
     while not probe.exists():
         probe = probe.parent
+    if not probe.is_dir():
+        raise NotADirectoryError(f"--out {out} is under {probe}, which is a file; choose a directory path for --out")
     if not os.access(probe, os.W_OK):
         raise PermissionError(f"cannot write to {probe}; choose a writable --out")
 
@@ -259,17 +262,25 @@ class _PartialSaver:
         self.dir, self.identity = partial, identity
 
     def save(self, i, block, rows):
-        from .runtime.checkpoint import _state_dict
         from safetensors.torch import save_file
+
+        from .runtime.checkpoint import CheckpointError, _state_dict, write_problem
 
         self.dir.mkdir(parents=True, exist_ok=True)
         run = self.dir / "run.json"
         if not run.exists():
             run.write_text(json.dumps(self.identity))
         tmp = self.dir / f".block_{i:04d}.tmp"
-        save_file(_state_dict(block), str(tmp))
-        (self.dir / f"block_{i:04d}.json").write_text(json.dumps(rows))
-        os.replace(tmp, self.dir / f"block_{i:04d}.safetensors")  # the .safetensors marks the block done
+        try:
+            save_file(_state_dict(block), str(tmp))
+            (self.dir / f"block_{i:04d}.json").write_text(json.dumps(rows))
+            os.replace(tmp, self.dir / f"block_{i:04d}.safetensors")  # the .safetensors marks the block done
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if not any(self.dir.glob("block_*.safetensors")):  # nothing worth resuming: leave nothing behind
+                shutil.rmtree(self.dir, ignore_errors=True)
+            raise CheckpointError(f"could not save block {i} to {self.dir}: {write_problem(e)}; blocks saved so far "
+                                  "are kept: re-run the same command to resume") from None
 
     def load(self, i):
         from .runtime.checkpoint import _read_tensors
@@ -425,6 +436,106 @@ def cmd_generate(a) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- bench-e2e
+def _pairs(text: str, flag: str) -> list[tuple[int, int]]:
+    try:
+        return [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",") if item]
+    except ValueError:
+        raise ValueError(f"{flag} takes BATCHxSEQLEN items separated by commas, e.g. 1x4096,8x1024") from None
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise ValueError(f"{flag} takes integers separated by commas, e.g. 1,8,32") from None
+
+
+def cmd_bench_e2e(a) -> int:
+    torch = _torch_setup(a.threads)
+    from .algorithms import QuantConfig
+    from .eval import speed
+    from .model.pipeline import quantize_data_free
+    from .runtime.checkpoint import META
+
+    device = _device(a.device)
+    if a.device is None and device == "cpu":
+        raise ValueError("bench-e2e measures GPU speed and no CUDA device is visible; pass --device cpu to run "
+                         "it on the CPU anyway (slow, for checking the harness)")
+    batches, prefills = _ints(a.batches, "--batches"), _pairs(a.prefill, "--prefill")
+    target = a.model or "llama3-8b"
+    ckpt = Path(target) if (Path(target) / META).is_file() else None
+    if ckpt is not None:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(ckpt)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+    elif Path(target).exists():
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(target)
+    else:
+        config = speed.llama_config(target)
+    if a.layers:
+        config.num_hidden_layers = a.layers
+    dtype = torch.bfloat16 if device != "cpu" else torch.float32
+    base_name = "bf16" if dtype == torch.bfloat16 else "fp32"
+    variants = [(base_name, None)]
+    if ckpt is None:
+        variants += [(f"{f} W4A16", QuantConfig(format=f, method="rtn", transform="hadamard"))
+                     for f in a.formats.split(",") if f]
+        variants += [(f"{f} W4A4", QuantConfig(format=f, method="rtn", transform="hadamard", w4a4=True))
+                     for f in a.w4a4_formats.split(",") if f]
+    for _, cfg in variants:  # clear errors before minutes of building
+        if cfg is not None:
+            cfg.resolved()
+    results = {}
+    for name, cfg in variants:
+        model = speed.random_model(config, device, dtype, seed=a.seed)
+        if cfg is not None:
+            quantize_data_free(model, cfg)
+        print(f"measuring {name} ...", file=sys.stderr)
+        results[name] = speed.measure(model, batches, a.prompt_len, a.new_tokens, prefills, graphs=not a.no_graphs)
+        del model
+    if ckpt is not None:
+        from .runtime import load
+
+        model, _, meta = load(ckpt, device=device, dtype=dtype)
+        print(f"measuring {meta['label']} ...", file=sys.stderr)
+        results[meta["label"]] = speed.measure(model, batches, a.prompt_len, a.new_tokens, prefills,
+                                               graphs=not a.no_graphs)
+        del model
+    base = results[base_name]
+    headers = ["model"] + [f"decode b{b} tok/s" for b in batches] + [f"prefill {b}x{s} ms" for b, s in prefills] + \
+        ["weights GiB", "peak GiB"]
+    rows = []
+    for name, r in results.items():
+        row = [name]
+        for b in batches:
+            v, v0 = r["decode"][str(b)]["tokens_per_s"], base["decode"][str(b)]["tokens_per_s"]
+            row.append(f"{v:.1f}" + ("" if r is base else f" (x{v / v0:.2f})"))
+        for b, s in prefills:
+            v, v0 = r["prefill"][f"{b}x{s}"]["seconds"], base["prefill"][f"{b}x{s}"]["seconds"]
+            row.append(f"{v * 1e3:.1f}" + ("" if r is base else f" (x{v0 / v:.2f})"))
+        row.append(f"{r['weights_gib']:.2f}")
+        row.append("-" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f}")
+        rows.append(row)
+    dev_name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+    print(f"{target} ({config.num_hidden_layers} blocks) on {dev_name}; prompt {a.prompt_len}, "
+          f"{a.new_tokens} new tokens; (xN) = speed-up over {base_name} in this run")
+    print(_fmt_table(headers, rows))
+    if a.json:
+        import datetime
+
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps({
+            "model": target, "blocks": config.num_hidden_layers, "device": dev_name, "command": _command_line(),
+            "date": datetime.date.today().isoformat(), "versions": _versions(), "prompt_len": a.prompt_len,
+            "new_tokens": a.new_tokens, "results": results}, indent=2) + "\n")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- inspect
 def cmd_inspect(a) -> int:
     from .runtime.checkpoint import WEIGHTS, read_meta
@@ -451,9 +562,9 @@ def cmd_inspect(a) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .export import LAYOUTS
 
-    p = argparse.ArgumentParser(prog="mrgptq", description="MR-GPTQ quantization of causal LMs to MXFP4/NVFP4.")
+    p = _Parser(prog="mrgptq", description="MR-GPTQ quantization of causal LMs to MXFP4/NVFP4.")
     p.add_argument("--version", action="version", version=f"mrgptq {__version__}")
-    sub = p.add_subparsers(dest="cmd")
+    sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
 
     def common(sp):
         sp.add_argument("--device", help="cpu or cuda (default: cuda if available)")
@@ -513,10 +624,44 @@ def build_parser() -> argparse.ArgumentParser:
     common(g)
     g.set_defaults(func=cmd_generate)
 
+    b = sub.add_parser("bench-e2e", help="decode/prefill speed of FP4 against bf16 (GPU)")
+    b.add_argument("model", nargs="?", help="llama3-8b (default), llama3-70b, llama3-1b, a config.json or model dir "
+                                            "(random weights), or an mrgptq checkpoint")
+    b.add_argument("--formats", default="mxfp4,nvfp4", help="W4A16 formats to measure (default mxfp4,nvfp4)")
+    b.add_argument("--w4a4-formats", default="mxfp4", help="W4A4 formats to measure (default mxfp4; '' for none)")
+    b.add_argument("--batches", default="1,8,32", help="decode batch sizes (default 1,8,32)")
+    b.add_argument("--prompt-len", type=int, default=128)
+    b.add_argument("--new-tokens", type=int, default=256)
+    b.add_argument("--prefill", default="1x4096,8x1024", help="prefill shapes BATCHxSEQLEN (default 1x4096,8x1024)")
+    b.add_argument("--layers", type=int, help="use only the first N blocks (quick runs)")
+    b.add_argument("--no-graphs", action="store_true", help="decode eagerly (no CUDA graphs)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", help="write results as JSON")
+    common(b)
+    b.set_defaults(func=cmd_bench_e2e)
+
     i = sub.add_parser("inspect", help="describe an mrgptq checkpoint")
     i.add_argument("checkpoint")
     i.set_defaults(func=cmd_inspect)
     return p
+
+
+def _os_message(e: OSError) -> str:
+    import errno
+
+    from .runtime.checkpoint import write_problem
+
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return f"{e.filename}: {write_problem(e)}"
+    return f"cannot access {e.filename}: {(e.strerror or type(e).__name__).lower()}; check the path and its permissions"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what is wrong, where to look) and exit code 2."""
+
+    def error(self, message):
+        print(f"mrgptq: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
 
 
 def main(argv=None) -> int:
@@ -533,6 +678,8 @@ def main(argv=None) -> int:
         return a.func(a)
     except USER_ERRORS as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if isinstance(e, OSError) and e.filename:
+            msg = _os_message(e)
         print(f"mrgptq: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

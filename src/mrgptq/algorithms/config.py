@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from ..errors import MrgptqError
 from ..formats import FORMAT_NAMES, SCALE_RULES, get_spec
 from ..formats.scales import MX_ONLY_RULES, ONLINE_RULES, has_global_scale
 from ..transforms import TRANSFORMS
@@ -11,7 +12,7 @@ from .qep import QEP_ALPHA
 METHODS = ("rtn", "gptq", "mr-gptq")
 
 
-class ConfigError(ValueError):
+class ConfigError(MrgptqError):
     """An impossible or unknown recipe; the message names the valid choices."""
 
 
@@ -38,6 +39,7 @@ class QuantConfig:
 
     def resolved(self) -> "QuantConfig":
         """Fill every None with its default and validate; the result is what gets recorded in checkpoints."""
+        _check_types(self)
         fmt = self.format.lower()
         if fmt not in FORMAT_NAMES:
             raise ConfigError(f"unknown format {self.format!r}: choose one of {', '.join(FORMAT_NAMES)}")
@@ -96,3 +98,18 @@ class QuantConfig:
             parts.append("QEP")
         parts.append("W4A4" if self.w4a4 else "W4A16")
         return " ".join(parts)
+
+
+def _check_types(cfg: QuantConfig) -> None:
+    """Every field has its declared type (a config read from a file or built by hand can hold anything)."""
+    import typing
+
+    for name, hint in typing.get_type_hints(QuantConfig).items():
+        allowed = typing.get_args(hint) or (hint,)
+        v = getattr(cfg, name)
+        ok = any(v is None if t is type(None) else
+                 (isinstance(v, (int, float)) and not isinstance(v, bool)) if t is float else
+                 isinstance(v, t) and (t is bool or not isinstance(v, bool)) for t in allowed)
+        if not ok:
+            want = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+            raise ConfigError(f"config field {name} must be {want}, got {type(v).__name__} {v!r}")

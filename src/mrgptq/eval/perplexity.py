@@ -8,8 +8,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import MrgptqError
 
-class EvalError(ValueError):
+
+class EvalError(MrgptqError):
     pass
 
 

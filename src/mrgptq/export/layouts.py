@@ -7,12 +7,13 @@ from pathlib import Path
 import torch
 
 from ..algorithms import QuantConfig
+from ..errors import MrgptqError
 from . import compressed_tensors, fp_quant
 
 LAYOUTS = ("compressed-tensors", "fp-quant", "fp-quant-pseudo", "mrgptq")
 
 
-class ExportError(ValueError):
+class ExportError(MrgptqError):
     """A recipe the chosen layout cannot express; the message names what it can."""
 
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ..errors import MrgptqError
+
 # E2M1 magnitudes indexed by the 3-bit code (sign is bit 3). OCP MX spec v1.0, table 5.
 E2M1_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 E2M1_MAX = 6.0
@@ -16,7 +18,7 @@ E8M0_BIAS = 127
 E8M0_NAN = 0xFF
 
 
-class FormatError(ValueError):
+class FormatError(MrgptqError):
     """Bad input to a format function: the message names the problem and the fix."""
 
 

@@ -26,24 +26,42 @@ def available(x: torch.Tensor | None = None) -> bool:
     return x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
 
 
+DENSE_ROWS = 64  # from this many rows (prefill) on: dequantize, then a 16-bit cuBLAS GEMM
+
+
 def fp4_linear(x: torch.Tensor, module) -> torch.Tensor:
-    """QuantLinear's forward on the GPU: rotate (+ quantize) the input, then the packed-weight GEMM."""
-    from .gemm import fp4_matmul
+    """QuantLinear's forward on the GPU: rotate (+ quantize) the input, then the packed-weight GEMM.
+
+    Decode-sized inputs (< DENSE_ROWS rows) go through the FP4 GEMM kernels, which read 4-bit weights; prefill
+    dequantizes the operands in one pass each (bit-identical to formats.dequantize) and uses cuBLAS, which
+    on Hopper is faster than decoding inside the GEMM loop (BENCHMARKS.md)."""
+    from .gemm import dequantize, fp4_matmul
     from .quantize import rotate, rotate_quantize
 
     lead, K = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, K)
     rot = module.rotation
     block = None if rot is None or rot.is_identity else rot.size
+    dense = x2.shape[0] >= DENSE_ROWS
+    gw, ga = module.global_divisors()
     if module.act_spec is not None:
         packed, scales = rotate_quantize(x2, module.act_spec, block, module.act_rule, module.input_global_scale)
-        y = fp4_matmul(packed, module.weight_packed, module.weight_scale, module.spec, module.kernel_alpha(),
-                       a_scales=scales, out_dtype=x.dtype)
+        if dense:
+            a = dequantize(packed, scales, module.act_spec, ga, x.dtype)
+            w = dequantize(module.weight_packed, module.weight_scale, module.spec, gw, x.dtype)
+            y = torch.nn.functional.linear(a, w)
+        else:
+            y = fp4_matmul(packed, module.weight_packed, module.weight_scale, module.spec, module.kernel_alpha(),
+                           a_scales=scales, out_dtype=x.dtype)
     else:
         if block is not None:
             x2 = rotate(x2, block)
-        y = fp4_matmul(x2, module.weight_packed, module.weight_scale, module.spec, module.kernel_alpha(),
-                       out_dtype=x.dtype)
+        if dense:
+            w = dequantize(module.weight_packed, module.weight_scale, module.spec, gw, x.dtype)
+            y = torch.nn.functional.linear(x2, w)
+        else:
+            y = fp4_matmul(x2, module.weight_packed, module.weight_scale, module.spec, module.kernel_alpha(),
+                           out_dtype=x.dtype)
     if module.bias is not None:
         y = y + module.bias.to(y.dtype)
     return y.reshape(*lead, y.shape[-1])

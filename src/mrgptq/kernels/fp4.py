@@ -24,7 +24,7 @@ def e2m1_decode(codes):
     m = c & 7  # 2|v| = m for m < 2, else (2 + mantissa bit) << (exponent - 1): 0 1 2 3 4 6 8 12
     mag2 = tl.where(m < 2, m, (2 + (m & 1)) << tl.maximum((m >> 1) - 1, 0))
     v = mag2.to(tl.float32) * 0.5
-    return tl.where((c & 8) != 0, -v, v)
+    return (v.to(tl.int32, bitcast=True) | ((c & 8) << 28)).to(tl.float32, bitcast=True)  # sign bit: -0 stays -0
 
 
 @triton.jit

@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..errors import MrgptqError
 from ..formats import FormatSpec
 from ..transforms.hadamard import sylvester
 from .fp4 import (
@@ -105,7 +106,7 @@ def rotate(x: torch.Tensor, block: int, block_m: int = 32) -> torch.Tensor:
         x2 = x2.contiguous()
     block_k = max(block, 64)
     if K % block_k:
-        raise ValueError(f"rotate: K={K} must be a multiple of {block_k}")
+        raise MrgptqError(f"rotate: K={K} must be a multiple of {block_k}")
     y = torch.empty_like(x2)
     grid = (triton.cdiv(x2.shape[0], block_m), K // block_k)
     _rotate_kernel[grid](x2, _hadamard_pm1(block, x.device), y, x2.shape[0], K, x2.stride(0), B=block,
@@ -132,7 +133,7 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
     from ..formats.scales import FOUR_THIRDS_GLOBAL
 
     if not spec.is_fp4:
-        raise ValueError(f"rotate_quantize: {spec.name} is not an FP4 format")
+        raise MrgptqError(f"rotate_quantize: {spec.name} is not an FP4 format")
     K = x.shape[-1]
     x2 = x.reshape(-1, K)
     if x2.stride(-1) != 1:
@@ -141,13 +142,13 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
     g = spec.group_size
     b = block or g
     if block is not None and (block & (block - 1) or block < 16 or block > 256):
-        raise ValueError(f"rotate_quantize: rotation block {block} must be a power of two in 16..256")
+        raise MrgptqError(f"rotate_quantize: rotation block {block} must be a power of two in 16..256")
     block_k = max(b, g, 64)
     if K % block_k:
-        raise ValueError(f"rotate_quantize: K={K} must be a multiple of {block_k}")
+        raise MrgptqError(f"rotate_quantize: K={K} must be a multiple of {block_k}")
     nv = spec.scale_dtype == "e4m3"
     if nv and global_scale is None:
-        raise ValueError("rotate_quantize: NVFP4 needs the static activation global scale")
+        raise MrgptqError("rotate_quantize: NVFP4 needs the static activation global scale")
     sdt = torch.float8_e4m3fn if nv else torch.uint8
     if out is None:
         packed = torch.empty((M, K // 2), dtype=torch.uint8, device=x.device)

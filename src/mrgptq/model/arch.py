@@ -8,8 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import MrgptqError
 
-class UnsupportedArchitecture(ValueError):
+
+class UnsupportedArchitecture(MrgptqError):
     pass
 
 

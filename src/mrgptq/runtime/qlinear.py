@@ -40,7 +40,7 @@ class QuantLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
         self.compute_dtype = dtype
         self._w_cache = None
-        self._alpha = None
+        self._globals = None
 
     @classmethod
     def from_quantized(cls, q: QuantizedTensor, bias: torch.Tensor | None, rotation: Rotation | None,
@@ -73,7 +73,7 @@ class QuantLinear(nn.Module):
         return c
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._w_cache = self._alpha = None
+        self._w_cache = self._globals = None
         return super()._load_from_state_dict(*args, **kwargs)
 
     def act_quantizer(self) -> ActQuantizer | None:
@@ -81,19 +81,24 @@ class QuantLinear(nn.Module):
             return None
         return ActQuantizer(self.act_spec, self.rotation, self.input_global_scale, self.act_rule)
 
-    def kernel_alpha(self) -> float:
-        """1 / (g_w g_a): the per-tensor scales the GPU GEMM applies once (a Python float: no sync per call)."""
-        if self._alpha is None:
-            a = 1.0
-            if self.weight_global_scale is not None:
-                a /= float(self.weight_global_scale)
+    def global_divisors(self) -> tuple[float, float]:
+        """(g_w, g_a): the per-tensor scales the weight's and the activations' group scales are divided by
+        (1 where a format has none), as Python floats read once, so no device sync happens per call."""
+        if self._globals is None:
+            gw = 1.0 if self.weight_global_scale is None else float(self.weight_global_scale)
+            ga = 1.0
             if self.act_spec is not None:
                 if self.input_global_scale is not None:
-                    a /= float(self.input_global_scale)
+                    ga = float(self.input_global_scale)
                 elif self.act_rule == "four-thirds":
-                    a /= FOUR_THIRDS_GLOBAL
-            self._alpha = a
-        return self._alpha
+                    ga = FOUR_THIRDS_GLOBAL
+            self._globals = (gw, ga)
+        return self._globals
+
+    def kernel_alpha(self) -> float:
+        """1 / (g_w g_a): the per-tensor scales the GPU GEMM applies once."""
+        gw, ga = self.global_divisors()
+        return 1.0 / gw / ga
 
     def _use_kernels(self, x: torch.Tensor) -> bool:
         if not x.is_cuda or os.environ.get("MRGPTQ_KERNELS", "1") == "0":

@@ -13,8 +13,10 @@ import itertools
 
 import torch
 
+from ..errors import MrgptqError
 
-class RotationError(ValueError):
+
+class RotationError(MrgptqError):
     """A rotation cannot be built for this dimension / block; the message says which ones can."""
 
 

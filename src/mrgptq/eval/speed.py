@@ -1,0 +1,154 @@
+"""End-to-end inference speed: decode tokens/s and prefill time, FP4 against bf16 with one harness.
+
+Both models run the same loop: a static KV cache (transformers' StaticCache) and, on CUDA, each decode step
+replayed from a captured CUDA graph, so launch overhead does not decide the comparison. Prefill is one
+forward over the prompt keeping only the last position's logits. Models are Llama-shaped with random
+weights drawn like the real ones (normal, std 0.02), so no checkpoint download is needed.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from ..errors import MrgptqError
+
+SHAPES = {  # a Llama-3 configuration's numbers: hidden, intermediate, blocks, heads, kv heads, vocab
+    "llama3-8b": (4096, 14336, 32, 32, 8, 128256),
+    "llama3-70b": (8192, 28672, 80, 64, 8, 128256),
+    "llama3-1b": (2048, 8192, 16, 32, 8, 128256),
+}
+
+
+def llama_config(shape: str, layers: int | None = None):
+    from transformers import LlamaConfig
+
+    if shape not in SHAPES:
+        raise MrgptqError(f"unknown model shape {shape!r}: choose one of {', '.join(SHAPES)} or pass a config.json")
+    h, inter, n, heads, kv, vocab = SHAPES[shape]
+    return LlamaConfig(hidden_size=h, intermediate_size=inter, num_hidden_layers=layers or n,
+                       num_attention_heads=heads, num_key_value_heads=kv, vocab_size=vocab,
+                       max_position_embeddings=8192, rope_theta=500000.0, rms_norm_eps=1e-5,
+                       tie_word_embeddings=False)
+
+
+@torch.no_grad()
+def random_model(config, device, dtype=torch.bfloat16, seed: int = 0):
+    """The model of `config` built on `device` with normal(0, 0.02) weights (the same every call for a seed)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.eval()
+    for name, p in model.named_parameters():
+        if "norm" in name:
+            p.fill_(1.0)
+        else:
+            p.normal_(0.0, 0.02)
+    return model
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def decode(model, batch: int, prompt_len: int, new_tokens: int, graphs: bool = True, seed: int = 0):
+    """Greedy decoding of `new_tokens` after a random prompt. Returns (token ids (batch, new_tokens), seconds
+    for the decode steps, whether CUDA graphs were used). Prefill is not timed."""
+    from transformers import StaticCache
+
+    dev = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (batch, prompt_len), generator=g).to(dev)
+    cache = StaticCache(config=model.config, max_cache_len=prompt_len + new_tokens)
+    pos = torch.arange(prompt_len, device=dev)
+    logits = model(input_ids=ids, past_key_values=cache, cache_position=pos, use_cache=True).logits
+    tok = logits[:, -1:].argmax(-1)
+    step_ids, step_pos = tok.clone(), torch.tensor([prompt_len], device=dev)
+
+    def step():
+        return model(input_ids=step_ids, past_key_values=cache, cache_position=step_pos, use_cache=True).logits
+
+    graph, out = None, None
+    if graphs and dev.type == "cuda":
+        try:
+            saved = [(t, t.clone()) for t in _cache_tensors(cache)]
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up: kernels compiled, lazy buffers made, scales cached
+                    step()
+            torch.cuda.current_stream().wait_stream(side)
+            for t, v in saved:  # undo the warm-up's cache writes (and position counters), in place
+                t.copy_(v)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = step()
+        except RuntimeError:  # a model whose forward cannot be captured: time it eagerly, and say so
+            graph = None
+            torch.cuda.synchronize()
+    tokens = [tok]
+    _sync(dev)
+    t0 = time.perf_counter()
+    for i in range(new_tokens - 1):
+        step_ids.copy_(tokens[-1])
+        step_pos.fill_(prompt_len + i)
+        if graph is not None:
+            graph.replay()
+            logits = out
+        else:
+            logits = step()
+        tokens.append(logits[:, -1:].argmax(-1))
+    _sync(dev)
+    return torch.cat(tokens, 1), time.perf_counter() - t0, graph is not None
+
+
+def _cache_tensors(cache) -> list[torch.Tensor]:
+    """Every tensor a KV cache holds (keys, values, the position counters some versions keep on the device)."""
+    out = []
+    for obj in [cache, *getattr(cache, "layers", [])]:
+        for v in vars(obj).values():
+            for t in (v if isinstance(v, (list, tuple)) else [v]):
+                if isinstance(t, torch.Tensor):
+                    out.append(t)
+    return out
+
+
+@torch.no_grad()
+def prefill_seconds(model, batch: int, seqlen: int, reps: int = 5, seed: int = 0) -> float:
+    """Median time of one forward over (batch, seqlen) random tokens, keeping the last position's logits."""
+    dev = next(model.parameters()).device
+    ids = torch.randint(0, model.config.vocab_size, (batch, seqlen), generator=torch.Generator().manual_seed(seed))
+    ids = ids.to(dev)
+    model(input_ids=ids, use_cache=False, logits_to_keep=1)  # warm-up
+    times = []
+    for _ in range(reps):
+        _sync(dev)
+        t0 = time.perf_counter()
+        model(input_ids=ids, use_cache=False, logits_to_keep=1)
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure(model, batches=(1, 8, 32), prompt_len: int = 128, new_tokens: int = 256,
+            prefills=((1, 4096), (8, 1024)), graphs: bool = True) -> dict:
+    """Decode tokens/s per batch size, prefill seconds per (batch, seqlen), and peak device memory."""
+    dev = next(model.parameters()).device
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    res = {"decode": {}, "prefill": {}}
+    for b in batches:
+        _, secs, used = decode(model, b, prompt_len, new_tokens, graphs)
+        res["decode"][str(b)] = {"tokens_per_s": b * (new_tokens - 1) / secs, "cuda_graphs": used}
+    for b, s in prefills:
+        res["prefill"][f"{b}x{s}"] = {"seconds": prefill_seconds(model, b, s)}
+    res["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    res["weights_gib"] = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**30
+    return res

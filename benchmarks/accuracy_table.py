@@ -8,6 +8,7 @@ Prints a markdown table and writes JSON. Reduced settings by default so it fits 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -46,19 +47,21 @@ def main():
     ids = calibration.sample_windows(tok, calib, a.nsamples, a.seqlen, 0)
     mw = a.max_windows or None
     results = json.loads(Path(a.json).read_text()) if Path(a.json).exists() else {}
+    base = loading.load_model(None, a.gguf)  # read the GGUF once; each run quantizes a copy
     if "unquantized" not in results:
-        results["unquantized"] = perplexity(loading.load_model(None, a.gguf), tok, text, 2048, mw, dev, False)
+        results["unquantized"] = perplexity(copy.deepcopy(base), tok, text, 2048, mw, dev, False)
         Path(a.json).write_text(json.dumps(results, indent=2))
-    only = None if not a.only else {int(i) for i in a.only.split(",")}
-    for i, (m, f, q, w4a4) in enumerate(RUNS):
+    order = [int(i) for i in a.only.split(",")] if a.only else range(len(RUNS))  # --only: run in that order
+    for i in order:
+        m, f, q, w4a4 = RUNS[i]
         scales = a.gptq_scales if m == "gptq" else None
         cfg = QuantConfig(format=f, method=m, qep=q, w4a4=w4a4, scales=scales).resolved()
         key = cfg.label + (" g32" if f == "int4" else "") + (f" ({scales} scales)" if scales else "")
-        if key in results or (only is not None and i not in only):
+        if key in results:
             continue
         if a.budget_s and time.time() - start > a.budget_s:
             break
-        model = loading.load_model(None, a.gguf)
+        model = copy.deepcopy(base)
         t0 = time.time()
         quantize_model(model, ids, cfg, device=dev, progress=False)
         tq = time.time() - t0

@@ -34,10 +34,11 @@ def main():
 
     import torch
 
+    from mrgptq import formats
     from mrgptq.algorithms import QuantConfig
     from mrgptq.eval import load_eval_text, perplexity
     from mrgptq.model import calibration, loading
-    from mrgptq.model.pipeline import quantize_model
+    from mrgptq.model.pipeline import quantize_data_free, quantize_model
 
     dev = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     start = time.time()
@@ -63,7 +64,10 @@ def main():
             break
         model = copy.deepcopy(base)
         t0 = time.time()
-        quantize_model(model, ids, cfg, device=dev, progress=False)
+        if m == "rtn" and not q and not (w4a4 and formats.get_spec(f).global_scale):
+            quantize_data_free(model, cfg, device=dev)  # RTN needs no calibration: the same weights, faster
+        else:
+            quantize_model(model, ids, cfg, device=dev, progress=False)
         tq = time.time() - t0
         r = perplexity(model, tok, text, 2048, mw, dev, progress=False)
         r["quantize_seconds"] = round(tq, 1)

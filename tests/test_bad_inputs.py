@@ -24,7 +24,7 @@ from mrgptq.formats.spec import FormatError
 from mrgptq.model.arch import UnsupportedArchitecture
 from mrgptq.model.calibration import CalibrationError, sample_windows
 from mrgptq.model.loading import ModelLoadError, load_model
-from mrgptq.model.pipeline import quantize_model
+from mrgptq.model.pipeline import quantize_data_free, quantize_model
 from mrgptq.runtime import CheckpointError, save_checkpoint
 from mrgptq.transforms import Rotation
 from mrgptq.transforms.hadamard import RotationError
@@ -271,6 +271,9 @@ def _api_cases(tmp):
         "NaN on save": (CheckpointError, nan_checkpoint),
         "truncated weights": (CheckpointError, truncated_checkpoint),
         "pickle-only checkpoint": (CheckpointError, pickle_checkpoint),
+        "data-free GPTQ": (MrgptqError, lambda: quantize_data_free(tiny_llama(layers=1), QuantConfig(method="gptq"))),
+        "data-free NVFP4 W4A4": (MrgptqError, lambda: quantize_data_free(
+            tiny_llama(layers=1), QuantConfig(format="nvfp4", method="rtn", w4a4=True))),
     }
 
 

@@ -195,3 +195,22 @@ def test_real_model_export_round_trip(smol, tmp_path):
         with torch.no_grad():
             assert torch.equal(loaded(probe).logits, ref), cfg.label
         del model, loaded
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="transformers runs FP-Quant on GPUs only")
+@pytest.mark.parametrize("name", list(FPQ))
+def test_fp_quant_pseudo_export_loads_in_transformers(name, tmp_path):
+    """With `fp_quant` installed, transformers' FPQuantConfig path (pseudo-quantization: the Triton emulation
+    that Hopper supports; real FP-Quant kernels need Blackwell) loads our export and computes what we compute."""
+    pytest.importorskip("fp_quant")
+    from transformers import AutoModelForCausalLM
+
+    cfg = FPQ[name]
+    m = quantized_tiny(cfg, layers=2)
+    d = save(m, cfg, tmp_path / name, "fp-quant-pseudo")
+    theirs = AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16, device_map="cuda").eval()
+    ours = m.to("cuda", torch.bfloat16).eval()
+    ids = calib(2, 32, seed=5).cuda()
+    with torch.no_grad():
+        a, b = theirs(ids).logits.float(), ours(ids).logits.float()
+    assert ((a - b).norm() / b.norm()).item() < 0.05

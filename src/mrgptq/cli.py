@@ -478,6 +478,8 @@ def cmd_bench_e2e(a) -> int:
     else:
         config = speed.llama_config(target)
     if a.layers:
+        if ckpt is not None:
+            raise ValueError("--layers trims random-weight models; a checkpoint is measured whole (drop --layers)")
         config.num_hidden_layers = a.layers
     dtype = torch.bfloat16 if device != "cpu" else torch.float32
     base_name = "bf16" if dtype == torch.bfloat16 else "fp32"

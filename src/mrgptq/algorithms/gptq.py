@@ -8,6 +8,8 @@ Group scales are chosen by the format's scale rule either when the group is reac
 error-updated weights) or once from the whole weight before the loop ("static", the MR-GPTQ reference).
 Act-order visits columns by decreasing H_jj but keeps groups in the original column order (static groups),
 so the packed layout is the same as without act-order and no runtime permutation is needed.
+On CUDA the column loop of each lazy block runs as one Triton kernel (kernels/gptq.py, float32); elsewhere, and
+for INT4, the column-by-column loop below (float64) is the reference.
 """
 from __future__ import annotations
 

@@ -23,14 +23,12 @@ import torch
 
 from mrgptq import formats
 from mrgptq.algorithms import Hessian, QuantConfig
+from mrgptq.eval import speed
 from mrgptq.model.arch import blocks, get_arch
 from mrgptq.model.pipeline import first_block_inputs, quantize_block
 from mrgptq.transforms import Rotation
 
-SHAPES = {  # hidden, intermediate, heads, kv heads, blocks in the real model
-    "llama3-8b": (4096, 14336, 32, 8, 32),
-    "llama3-70b": (8192, 28672, 64, 8, 80),
-}
+CALIB_VOCAB = 4096  # the embedding is not what is timed: a small vocabulary keeps the CPU-side model light
 
 
 def build(shape: str, nblocks: int, dtype):
@@ -40,15 +38,11 @@ def build(shape: str, nblocks: int, dtype):
         model, tok = loading.load_model(dtype=dtype), loading.load_tokenizer()
         return model, len(blocks(model)), lambda n, s: calibration.sample_windows(
             tok, calibration.builtin_text(), n, s, 0)
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    h, inter, heads, kv, total = SHAPES[shape]
-    cfg = LlamaConfig(hidden_size=h, intermediate_size=inter, num_attention_heads=heads, num_key_value_heads=kv,
-                      num_hidden_layers=nblocks, vocab_size=4096, max_position_embeddings=8192,
-                      rope_theta=500000.0, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).to(dtype).eval()
-    return model, total, lambda n, s: torch.randint(0, cfg.vocab_size, (n, s), generator=torch.Generator().manual_seed(0))
+    cfg = speed.llama_config(shape, layers=nblocks)
+    cfg.vocab_size = CALIB_VOCAB
+    model = speed.random_model(cfg, "cpu", dtype)
+    depth = speed.SHAPES[shape][2]
+    return model, depth, lambda n, s: torch.randint(0, CALIB_VOCAB, (n, s), generator=torch.Generator().manual_seed(0))
 
 
 class Phases:
@@ -107,7 +101,7 @@ def kernels_off():
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--shape", default="smollm2", choices=["smollm2", *SHAPES])
+    p.add_argument("--shape", default="smollm2", choices=["smollm2", "llama3-8b", "llama3-70b"])
     p.add_argument("--blocks", type=int, default=2, help="blocks to time (extrapolated to the real depth)")
     p.add_argument("--nsamples", type=int, default=128)
     p.add_argument("--seqlen", type=int, default=2048)

@@ -465,16 +465,12 @@ def cmd_bench_e2e(a) -> int:
     batches, prefills = _ints(a.batches, "--batches"), _pairs(a.prefill, "--prefill")
     target = a.model or "llama3-8b"
     ckpt = Path(target) if (Path(target) / META).is_file() else None
-    if ckpt is not None:
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(ckpt)
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-    elif Path(target).exists():
+    if Path(target).exists():  # a checkpoint, a model directory or a config.json: its architecture
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(target)
+        if hasattr(config, "quantization_config"):  # the bf16 baseline is built from it unquantized
+            del config.quantization_config
     else:
         config = speed.llama_config(target)
     if a.layers:

@@ -42,26 +42,19 @@ def fp4_linear(x: torch.Tensor, module) -> torch.Tensor:
     x2 = x.reshape(-1, K)
     rot = module.rotation
     block = None if rot is None or rot.is_identity else rot.size
-    dense = x2.shape[0] >= DENSE_ROWS
-    gw, ga = module.global_divisors()
-    if module.act_spec is not None:
-        packed, scales = rotate_quantize(x2, module.act_spec, block, module.act_rule, module.input_global_scale)
-        if dense:
-            a = dequantize(packed, scales, module.act_spec, ga, x.dtype)
-            w = dequantize(module.weight_packed, module.weight_scale, module.spec, gw, x.dtype)
-            y = torch.nn.functional.linear(a, w)
-        else:
-            y = fp4_matmul(packed, module.weight_packed, module.weight_scale, module.spec, module.kernel_alpha(),
-                           a_scales=scales, out_dtype=x.dtype)
+    if module.act_spec is not None:  # W4A4: FP4 activations (codes + scales)
+        a, a_scales = rotate_quantize(x2, module.act_spec, block, module.act_rule, module.input_global_scale)
     else:
-        if block is not None:
-            x2 = rotate(x2, block)
-        if dense:
-            w = dequantize(module.weight_packed, module.weight_scale, module.spec, gw, x.dtype)
-            y = torch.nn.functional.linear(x2, w)
-        else:
-            y = fp4_matmul(x2, module.weight_packed, module.weight_scale, module.spec, module.kernel_alpha(),
-                           out_dtype=x.dtype)
+        a, a_scales = (x2 if block is None else rotate(x2, block)), None
+    if x2.shape[0] >= DENSE_ROWS:
+        gw, ga = module.global_divisors()
+        if a_scales is not None:
+            a = dequantize(a, a_scales, module.act_spec, ga, x.dtype)
+        y = torch.nn.functional.linear(a, dequantize(module.weight_packed, module.weight_scale, module.spec, gw,
+                                                     x.dtype))
+    else:
+        y = fp4_matmul(a, module.weight_packed, module.weight_scale, module.spec, module.kernel_alpha(),
+                       a_scales=a_scales, out_dtype=x.dtype)
     if module.bias is not None:
         y = y + module.bias.to(y.dtype)
     return y.reshape(*lead, y.shape[-1])

@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..errors import MrgptqError
 from .fp4 import e2m1_decode, e2m1_encode
 
 BLOCK_ROWS = 16
@@ -52,10 +53,10 @@ def lazy_block(W1: torch.Tensor, U1: torch.Tensor, S1: torch.Tensor, codes: torc
     each column's effective scale. nb must be a power of two (GPTQ's lazy block is 128)."""
     rows, nb = W1.shape
     if nb & (nb - 1) or W1.dtype != torch.float32 or U1.dtype != torch.float32:
-        raise ValueError(f"gptq lazy block: need float32 and a power-of-two width, got {nb} {W1.dtype}")
+        raise MrgptqError(f"gptq lazy block: need float32 and a power-of-two width, got {nb} {W1.dtype}")
     for t in (W1, U1, S1, codes, errs):
         if t.stride(-1) != 1:
-            raise ValueError("gptq lazy block: tensors must be contiguous in their last dimension")
+            raise MrgptqError("gptq lazy block: tensors must be contiguous in their last dimension")
     grid = (triton.cdiv(rows, BLOCK_ROWS),)
     _gptq_lazy_block[grid](W1, U1, S1, codes, errs, rows, start, stop, W1.stride(0), U1.stride(0), S1.stride(0),
                            codes.stride(0), errs.stride(0), NB=nb, BLOCK_R=BLOCK_ROWS)

@@ -5,6 +5,7 @@ output is always complete. Loaded with safetensors only (never pickle), every te
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -250,26 +251,32 @@ def _build(hf_cfg, cfg: QuantConfig, dt: torch.dtype, p: Path):
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-
 class _Header(dict):
     """name -> shape of every tensor in a safetensors file, read without loading data; data_bytes: their size."""
 
     data_bytes: int = 0
 
 
-def _read_header(path: Path) -> _Header:
+@contextlib.contextmanager
+def _safetensors(path: Path):
+    """safe_open(path), with a missing, truncated or corrupt file (at opening or reading) as a CheckpointError."""
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; the checkpoint is incomplete")
     try:
-        out = _Header()
         with safe_open(str(path), framework="pt") as f:
-            for k in f.keys():  # noqa: SIM118 - safe_open is not a dict
-                out[k] = tuple(f.get_slice(k).get_shape())
-        out.data_bytes = path.stat().st_size
-        return out
+            yield f
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path} is not a valid safetensors file ({first_line(e)}); "
                               "it is truncated or corrupt: re-create it") from None
+
+
+def _read_header(path: Path) -> _Header:
+    out = _Header()
+    with _safetensors(path) as f:
+        for k in f.keys():  # noqa: SIM118 - safe_open is not a dict
+            out[k] = tuple(f.get_slice(k).get_shape())
+    out.data_bytes = path.stat().st_size
+    return out
 
 
 def _check_config_matches_file(hf_cfg, header: _Header, p: Path) -> None:
@@ -285,14 +292,5 @@ def _check_config_matches_file(hf_cfg, header: _Header, p: Path) -> None:
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete")
-    try:
-        out = {}
-        with safe_open(str(path), framework="pt") as f:
-            for k in f.keys():  # noqa: SIM118 - safe_open is not a dict
-                out[k] = f.get_tensor(k)
-        return out
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path} is not a valid safetensors file ({first_line(e)}); "
-                              "it is truncated or corrupt: re-create it") from None
+    with _safetensors(path) as f:
+        return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict

@@ -51,27 +51,60 @@ def packed_weights(fmt, N, K, n, dev):
 
 
 def w4a16_rows(shapes, ms, dev):
+    """Decode GEMV (CUDA cores) and the tensor-core GEMM kernel, each against cuBLAS bf16 at the same M."""
     from mrgptq.kernels.gemm import fp4_matmul
+    from mrgptq.kernels.gemv import fp4_gemv
 
+    kernels = {"gemv": fp4_gemv, "gemm": fp4_matmul}
     rows = []
     for name, (N, K) in shapes.items():
         n_w = copies(N * K // 2)
+        n_b = copies(N * K * 2)
+        wb = [torch.randn(N, K, device=dev, dtype=torch.bfloat16) for _ in range(min(n_b, 8))]
         for fmt in ("mxfp4", "nvfp4"):
             q, bufs, alpha, wdq = packed_weights(fmt, N, K, n_w, dev)
             for M in ms:
                 x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
-                y = fp4_matmul(x, *bufs[0], q.spec, alpha)
+                t_bf16 = bench(lambda i: x @ wb[i % len(wb)].T, len(wb))
                 ref = x.float() @ wdq.float().T
-                rel = ((y.float() - ref).norm() / ref.norm()).item()
-                t = bench(lambda i: fp4_matmul(x, *bufs[i], q.spec, alpha), n_w)
-                if fmt == "mxfp4":  # cuBLAS baseline once per (shape, M), same rotation depth in bytes
-                    n_b = copies(N * K * 2)
-                    wb = [torch.randn(N, K, device=dev, dtype=torch.bfloat16) for _ in range(min(n_b, 8))]
-                    t_bf16 = bench(lambda i: x @ wb[i].T, len(wb))
-                nbytes = N * K // 2 + bufs[0][1].numel() + 2 * M * (K + N)
-                rows.append({"kernel": "W4A16", "shape": name, "N": N, "K": K, "M": M, "format": fmt,
-                             "us": t * 1e6, "bf16_us": t_bf16 * 1e6, "speedup": t_bf16 / t,
-                             "GB/s": nbytes / t / 1e9, "rel_err": rel})
+                for kname, fn in kernels.items():
+                    y = fn(x, *bufs[0], q.spec, alpha)
+                    rel = ((y.float() - ref).norm() / ref.norm()).item()
+                    t = bench(lambda i: fn(x, *bufs[i], q.spec, alpha), n_w)
+                    nbytes = N * K // 2 + bufs[0][1].numel() + 2 * M * (K + N)
+                    rows.append({"kernel": f"W4A16 {kname}", "shape": name, "N": N, "K": K, "M": M, "format": fmt,
+                                 "us": t * 1e6, "bf16_us": t_bf16 * 1e6, "speedup": t_bf16 / t,
+                                 "GB/s": nbytes / t / 1e9, "rel_err": rel})
+    return rows
+
+
+def gemv_sweep(shapes, dev, fmts=("mxfp4", "nvfp4")):
+    """Every (BN, BG, SPLIT_K, warps) of the decode GEMV at M=1: which tile the heuristic should pick."""
+    import itertools
+
+    from mrgptq.kernels.gemv import _pick, fp4_gemv
+
+    rows = []
+    for name, (N, K) in shapes.items():
+        n_w = copies(N * K // 2)
+        for fmt in fmts:
+            q, bufs, alpha, _ = packed_weights(fmt, N, K, n_w, dev)
+            G = q.spec.group_size
+            x = torch.randn(1, K, device=dev, dtype=torch.bfloat16)
+            times = {}
+            for bn, bk, split, warps, stages, xs in itertools.product((8, 16), (512, 1024, 2048), (1, 2), (4,), (1, 3),
+                                                                     (False, True)):
+                bg = bk // G
+                if (K // G) % bg:
+                    continue
+                cfg = (bn, bg, split, warps, stages, xs)
+                times[cfg] = bench(lambda i: fp4_gemv(x, *bufs[i], q.spec, alpha, config=cfg), n_w)
+            best = min(times, key=times.get)
+            heur = _pick(N, K, G)
+            rows.append({"kernel": "gemv sweep", "shape": name, "format": fmt, "best": best,
+                         "best_us": times[best] * 1e6, "heuristic": heur,
+                         "heuristic_us": times.get(heur, float("nan")) * 1e6,
+                         "all": {str(k): v * 1e6 for k, v in times.items()}})
     return rows
 
 
@@ -139,14 +172,16 @@ def quantize_rows(dev, M=4096):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--json", default="out/kernels.json")
-    p.add_argument("--only", choices=("quantize", "w4a16", "w4a4"), nargs="*")
+    p.add_argument("--only", choices=("quantize", "w4a16", "w4a4", "sweep"), nargs="*")
     p.add_argument("--no-70b", action="store_true")
+    p.add_argument("--ms", default="1,4,8,16,32", help="W4A16 rows (batch sizes) to time")
+    p.add_argument("--sweep-formats", default="mxfp4,nvfp4")
     a = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/kernels.py needs a CUDA GPU")
     dev = "cuda"
     shapes = {k: v for k, v in SHAPES.items() if not (a.no_70b and k.startswith("70B"))}
-    only = set(a.only or ("quantize", "w4a16", "w4a4"))
+    only = set(a.only or ("quantize", "w4a16", "w4a4", "sweep"))
     rows = []
     if "quantize" in only:
         rows += quantize_rows(dev)
@@ -154,15 +189,24 @@ def main():
             print(f"{r['kernel']:16s} {r['format']} b{r['block']:<4d} M={r['M']} K={r['K']:<6d} {r['us']:8.1f} us "
                   f"{r['GB/s']:7.0f} GB/s  {100 * r['of_copy']:.0f}% of copy")
     if "w4a16" in only:
-        new = w4a16_rows(shapes, (1, 16, 128), dev)
+        new = w4a16_rows(shapes, tuple(int(m) for m in a.ms.split(",")), dev)
         for r in new:
-            print(f"W4A16 {r['format']} {r['shape']:12s} M={r['M']:<4d} {r['us']:8.1f} us  bf16 {r['bf16_us']:8.1f} us "
-                  f" x{r['speedup']:.2f}  {r['GB/s']:6.0f} GB/s  err {r['rel_err']:.1e}")
+            print(f"{r['kernel']} {r['format']} {r['shape']:12s} M={r['M']:<4d} {r['us']:8.1f} us  bf16 "
+                  f"{r['bf16_us']:8.1f} us  x{r['speedup']:.2f}  {r['GB/s']:6.0f} GB/s  err {r['rel_err']:.1e}")
         rows += new
-        for fmt in ("mxfp4", "nvfp4"):
-            s = [r["speedup"] for r in new if r["format"] == fmt and r["M"] == 1 and r["shape"].startswith("8B")]
-            if s:
-                print(f"W4A16 {fmt} M=1 geomean over Llama-3-8B linears: x{math.exp(sum(map(math.log, s)) / len(s)):.2f}")
+        for kname in ("W4A16 gemv", "W4A16 gemm"):
+            for fmt in ("mxfp4", "nvfp4"):
+                s = [r["speedup"] for r in new if r["kernel"] == kname and r["format"] == fmt and r["M"] == 1
+                     and r["shape"].startswith("8B")]
+                if s:
+                    print(f"{kname} {fmt} M=1 geomean over Llama-3-8B linears: "
+                          f"x{math.exp(sum(map(math.log, s)) / len(s)):.2f}")
+    if "sweep" in only:
+        new = gemv_sweep({k: v for k, v in shapes.items() if k.startswith("8B")}, dev, tuple(a.sweep_formats.split(",")))
+        for r in new:
+            print(f"gemv sweep {r['format']} {r['shape']:12s} best {r['best']} {r['best_us']:.1f} us; "
+                  f"heuristic {r['heuristic']} {r['heuristic_us']:.1f} us")
+        rows += new
     if "w4a4" in only:
         new = w4a4_rows({k: v for k, v in shapes.items() if k.startswith("8B")}, 4096, dev)
         for r in new:

@@ -10,12 +10,14 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must be set before the kernels are defined
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
+tl = pytest.importorskip("triton.language")
 
 from conftest import student_t
 
 from mrgptq import formats
 from mrgptq.kernels.gemm import fp4_matmul
+from mrgptq.kernels.gemv import DECODE_SHIFT, e2m1_as_fp16, fp4_gemv
 from mrgptq.kernels.quantize import rotate, rotate_quantize
 from mrgptq.transforms import Rotation
 
@@ -97,6 +99,36 @@ def test_w4a16_gemm(fmt, M):
 
 
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+@pytest.mark.parametrize("M", [1, 3])
+def test_w4a16_gemv(fmt, M):
+    """The decode GEMV (CUDA cores, fp16-bit-pattern decode, one scale per group sum), heuristic tiles and
+    split-K with fp32 atomics."""
+    for i, (N, K) in enumerate(SHAPES):
+        q, wp, ws, wdq = _weights(fmt, N, K, seed=10 + i)
+        x = student_t((M, K), seed=M + 7).to(torch.bfloat16).to(DEV)
+        ref = x.float() @ wdq.T
+        _close(fp4_gemv(x, wp, ws, q.spec, _alpha(q), out=poisoned((M, N), torch.bfloat16)), ref)
+        _close(fp4_gemv(x, wp, ws, q.spec, _alpha(q), config=(8, 2, 2, 4, 1, False)), ref)
+        _close(fp4_gemv(x, wp, ws, q.spec, _alpha(q), config=(16, 4, 1, 4, 2, True)), ref)
+
+
+@triton.jit
+def _decode_all(c_ptr, o_ptr):
+    i = tl.arange(0, 16)
+    tl.store(o_ptr + i, e2m1_as_fp16(tl.load(c_ptr + i).to(tl.int32)))
+
+
+def test_e2m1_fp16_decode_is_exact():
+    """Every code's fp16 bit pattern times 2^14 is the E2M1 value, -0 included."""
+    codes = torch.arange(16, dtype=torch.uint8, device=DEV)
+    out = poisoned((16,), torch.float32)
+    _decode_all[(1,)](codes, out)
+    ref = formats.codec.decode(codes.cpu(), formats.get_spec("mxfp4")).float()
+    got = out.cpu() * DECODE_SHIFT
+    assert torch.equal(got.view(torch.int32), ref.view(torch.int32))
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
 @pytest.mark.parametrize("M", [3, 130])
 def test_w4a4_gemm(fmt, M):
     N, K = SHAPES[0]
@@ -129,7 +161,7 @@ def test_dequantize_kernel_is_bit_exact(fmt):
 @pytest.mark.skipif(not GPU, reason="QuantLinear dispatches to the kernels on CUDA only")
 @pytest.mark.parametrize("w4a4", [False, True])
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
-@pytest.mark.parametrize("tokens", [7, 300])  # decode-sized (FP4 GEMM) and prefill-sized (dequantize + cuBLAS)
+@pytest.mark.parametrize("tokens", [1, 7, 300])  # 4, 28, 1200 rows: GEMV, FP4 GEMM, dequantize + cuBLAS
 def test_quantlinear_dispatch_matches_pytorch_path(w4a4, fmt, tokens):
     from mrgptq.algorithms import ActQuantizer
     from mrgptq.runtime import QuantLinear

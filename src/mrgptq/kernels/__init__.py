@@ -26,32 +26,39 @@ def available(x: torch.Tensor | None = None) -> bool:
     return x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
 
 
+GEMV_ROWS = 2  # up to this many rows (decode): the CUDA-core GEMV (it re-reads the weight per row; BENCHMARKS.md)
 DENSE_ROWS = 64  # from this many rows (prefill) on: dequantize, then a 16-bit cuBLAS GEMM
 
 
 def fp4_linear(x: torch.Tensor, module) -> torch.Tensor:
-    """QuantLinear's forward on the GPU: rotate (+ quantize) the input, then the packed-weight GEMM.
+    """QuantLinear's forward on the GPU: rotate (+ quantize) the input, then the packed-weight product.
 
-    Decode-sized inputs (< DENSE_ROWS rows) go through the FP4 GEMM kernels, which read 4-bit weights; prefill
-    dequantizes the operands in one pass each (bit-identical to formats.dequantize) and uses cuBLAS, which
-    on Hopper is faster than decoding inside the GEMM loop (BENCHMARKS.md)."""
+    Decode (<= GEMV_ROWS rows) runs the CUDA-core GEMV on 4-bit weights (W4A4 activations are dequantized
+    first: a few rows, and their values are then exact); up to DENSE_ROWS the tensor-core FP4 GEMM; prefill
+    dequantizes the operands in one pass each (bit-identical to formats.dequantize) and uses cuBLAS, which on
+    Hopper beats decoding inside the GEMM loop (BENCHMARKS.md)."""
     from .gemm import dequantize, fp4_matmul
+    from .gemv import fp4_gemv
     from .quantize import rotate, rotate_quantize
 
     lead, K = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, K)
+    rows = x2.shape[0]
     rot = module.rotation
     block = None if rot is None or rot.is_identity else rot.size
     if module.act_spec is not None:  # W4A4: FP4 activations (codes + scales)
         a, a_scales = rotate_quantize(x2, module.act_spec, block, module.act_rule, module.input_global_scale)
     else:
         a, a_scales = (x2 if block is None else rotate(x2, block)), None
-    if x2.shape[0] >= DENSE_ROWS:
-        gw, ga = module.global_divisors()
+    gw, ga = module.global_divisors()
+    if rows <= GEMV_ROWS or rows >= DENSE_ROWS:
         if a_scales is not None:
-            a = dequantize(a, a_scales, module.act_spec, ga, x.dtype)
-        y = torch.nn.functional.linear(a, dequantize(module.weight_packed, module.weight_scale, module.spec, gw,
-                                                     x.dtype))
+            a = dequantize(a, a_scales, module.act_spec, ga, torch.float32 if rows <= GEMV_ROWS else x.dtype)
+        if rows <= GEMV_ROWS:
+            y = fp4_gemv(a, module.weight_packed, module.weight_scale, module.spec, 1.0 / gw, out_dtype=x.dtype)
+        else:
+            w = dequantize(module.weight_packed, module.weight_scale, module.spec, gw, x.dtype)
+            y = torch.nn.functional.linear(a, w)
     else:
         y = fp4_matmul(a, module.weight_packed, module.weight_scale, module.spec, module.kernel_alpha(),
                        a_scales=a_scales, out_dtype=x.dtype)

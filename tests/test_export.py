@@ -208,9 +208,23 @@ def test_fp_quant_pseudo_export_loads_in_transformers(name, tmp_path):
     cfg = FPQ[name]
     m = quantized_tiny(cfg, layers=2)
     d = save(m, cfg, tmp_path / name, "fp-quant-pseudo")
+    ids = calib(2, 32, seed=5)
+    with torch.no_grad():
+        exact = m(ids).logits.float()  # ours in float32 on the CPU
     theirs = AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16, device_map="cuda").eval()
     ours = m.to("cuda", torch.bfloat16).eval()
-    ids = calib(2, 32, seed=5).cuda()
     with torch.no_grad():
-        a, b = theirs(ids).logits.float(), ours(ids).logits.float()
-    assert ((a - b).norm() / b.norm()).item() < 0.05
+        a, b = theirs(ids.cuda()).logits.float().cpu(), ours(ids.cuda()).logits.float().cpu()
+
+    def rel(u, v):
+        return ((u - v).norm() / v.norm()).item()
+
+    # In bf16, activations near an FP4 rounding boundary flip code with the summation order, and a flip is a
+    # whole FP4 step, so even our own bf16 run is a few % from our float32 run on a random 64-wide model.
+    # FP-Quant's kernels may differ from ours by that much, not more; a wrong rotation, scale or layout
+    # would put it near 100%.
+    noise = rel(b, exact)
+    print(f"{name}: FP-Quant vs ours (bf16) {rel(a, b):.4f}; ours bf16 vs float32 {noise:.4f}; "
+          f"FP-Quant vs ours float32 {rel(a, exact):.4f}")
+    assert rel(a, b) < max(0.05, 2.5 * noise), (rel(a, b), noise)
+    assert rel(a, exact) < max(0.05, 3.0 * noise), (rel(a, exact), noise)

@@ -4,10 +4,10 @@ import torch
 from conftest import student_t
 
 from mrgptq.transforms import Rotation, RotationError, fwht, hadamard, has_hadamard
-from mrgptq.transforms.hadamard import _hadamard_pm1, paley_factor, sylvester
+from mrgptq.transforms.hadamard import _hadamard_pm1, hadamard_factor, sylvester
 
 
-@pytest.mark.parametrize("n", [12, 20, 28, 36, 40, 44, 52, 60, 108, 140, 344, 576, 1536])
+@pytest.mark.parametrize("n", [12, 20, 28, 36, 40, 44, 52, 60, 108, 140, 156, 344, 576, 1536, 2496])
 def test_hadamard_orders_are_exact(n):
     H = _hadamard_pm1(n)
     assert set(H.unique().tolist()) == {-1.0, 1.0}
@@ -16,10 +16,39 @@ def test_hadamard_orders_are_exact(n):
 
 @pytest.mark.parametrize("n", [11008, 14336])
 def test_large_model_dims_factor_into_known_orders(n):
-    m, hm = paley_factor(n)
+    m, hm = hadamard_factor(n)
     p = n // m
     assert m * p == n and p & (p - 1) == 0 and m in (28, 172, 344)
     assert torch.equal(hm @ hm.T, m * torch.eye(m, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("n", [3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25])
+def test_williamson_search_finds_valid_quadruples(n):
+    """The meet-in-the-middle search returns four symmetric sequences whose Williamson array is Hadamard."""
+    from mrgptq.transforms.williamson import search, williamson_array
+
+    quad = search(n)
+    assert quad is not None
+    for seq in quad:
+        assert seq[0] == 1 and (seq[1:] == seq[1:][::-1]).all()  # symmetric, normalised
+    H = williamson_array(*quad)
+    assert torch.equal(H @ H.T, 4 * n * torch.eye(4 * n, dtype=torch.float64))
+
+
+def test_williamson_search_is_exhaustive_where_none_exist():
+    """Williamson matrices of order 35 do not exist (Djokovic 1993): the search must say so, not invent one."""
+    from mrgptq.transforms.williamson import search
+
+    assert search(35) is None
+
+
+def test_stored_williamson_rows_are_what_search_spells():
+    from mrgptq.transforms.williamson import FIRST_ROWS, williamson
+
+    for n, rows in FIRST_ROWS.items():
+        assert all(len(r) == (n + 1) // 2 and set(r) <= {"+", "-"} for r in rows)
+        H = williamson(4 * n)
+        assert torch.equal(H @ H.T, 4 * n * torch.eye(4 * n, dtype=torch.float64))
 
 
 def test_unreachable_order_names_working_blocks():

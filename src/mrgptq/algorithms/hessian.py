@@ -16,9 +16,12 @@ class Hessian:
         self.n = 0
         self.H = torch.zeros(dim, dim, dtype=torch.float32, device=device)
         self.C = torch.zeros(dim, dim, dtype=torch.float32, device=device) if cross else None
+        self.H_cross = None  # 2/N X^T X^ of the QEP regressor when it differs from the layer input (W4A4)
 
-    def add(self, x: torch.Tensor, x_fp: torch.Tensor | None = None) -> None:
-        """x: inputs the quantized layer sees (..., dim); x_fp: the full-precision model's inputs (QEP)."""
+    def add(self, x: torch.Tensor, x_fp: torch.Tensor | None = None, x_cross: torch.Tensor | None = None) -> None:
+        """x: inputs the quantized layer sees (..., dim); x_fp: the full-precision model's inputs (QEP);
+        x_cross: the quantized model's inputs to regress on, if not x (W4A4: before activation quantization,
+        so QEP corrects the error made upstream, not this layer's own activation rounding)."""
         x = x.reshape(-1, self.dim).to(self.H.device, torch.float32)
         b = x.shape[0]
         if b == 0:
@@ -28,9 +31,20 @@ class Hessian:
         if self.C is not None:
             if x_fp is None:
                 raise ValueError("QEP Hessian needs the full-precision inputs too (x_fp)")
-            d = x_fp.reshape(-1, self.dim).to(self.H.device, torch.float32) - x
-            self.C.mul_(self.n / total).addmm_(d.T, x, alpha=1.0 / total)
+            xc = x
+            if x_cross is not None:
+                xc = x_cross.reshape(-1, self.dim).to(self.H.device, torch.float32)
+                if self.H_cross is None:
+                    self.H_cross = torch.zeros_like(self.H)
+                self.H_cross.mul_(self.n / total).addmm_(xc.T, xc, alpha=2.0 / total)
+            d = x_fp.reshape(-1, self.dim).to(self.H.device, torch.float32) - xc
+            self.C.mul_(self.n / total).addmm_(d.T, xc, alpha=1.0 / total)
         self.n = total
+
+    @property
+    def H_qep(self) -> torch.Tensor:
+        """The Hessian QEP's correction inverts: that of its regressor."""
+        return self.H if self.H_cross is None else self.H_cross
 
     def rotated(self, rotation) -> torch.Tensor:
         """R^T H R: the Hessian of the rotated inputs x R."""

@@ -54,12 +54,12 @@ class LayerPlan:
         Wr = self.rotate_weight(W)
         if cfg.method == "rtn":
             if cfg.qep and hessian is not None and hessian.C is not None:
-                Wr = qep_correct(Wr, hessian.H, hessian.C, cfg.qep_alpha, cfg.damp)
+                Wr = qep_correct(Wr, hessian.H_qep, hessian.C, cfg.qep_alpha, cfg.damp)
             return rtn(Wr, cfg.spec, cfg.scale_rule, name)
         if hessian is None or hessian.n == 0:
             raise ValueError(f"{name}: {cfg.method} needs calibration inputs (empty Hessian)")
         if cfg.qep and hessian.C is not None:
-            Wr = qep_correct(Wr, hessian.H, hessian.C, cfg.qep_alpha, cfg.damp)
+            Wr = qep_correct(Wr, hessian.H_qep, hessian.C, cfg.qep_alpha, cfg.damp)
         return gptq(
             Wr, hessian.H, cfg.spec, scale_rule=cfg.scale_rule, scales=cfg.scales, act_order=cfg.act_order,
             block_size=cfg.block_size, damp=cfg.damp, name=name,

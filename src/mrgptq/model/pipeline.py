@@ -8,6 +8,7 @@ full-precision stream is carried alongside as QEP's target). Only one block is o
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -126,7 +127,13 @@ def quantize_block(block, cfg: QuantConfig, arch, stream: BlockStream, device, b
                 return
             if plan.act is not None:
                 plan.act.observe(x)
-            hess.add(plan.layer_input(x), stash.pop(key) if cfg.qep else None)
+            x_in = plan.layer_input(x)
+            if not cfg.qep:
+                hess.add(x_in)
+            elif plan.act is not None and os.environ.get("MRGPTQ_QEP_W4A4", "pre") == "pre":
+                hess.add(x_in, stash.pop(key), x_cross=plan.target_input(x))
+            else:
+                hess.add(x_in, stash.pop(key))
 
         handles.append(lin.register_forward_pre_hook(hook))
 

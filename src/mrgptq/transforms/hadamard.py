@@ -4,7 +4,8 @@ n = m * 2^a with H_n = H_m (x) H_{2^a} (Kronecker), where 2^a is Sylvester's and
 constructions over GF(q), q a prime power of degree <= 3:
   Paley I  (q = 3 mod 4): order q + 1      e.g. 12, 20, 28, 44, 60, 108, 140, 344 (q = 7^3)
   Paley II (q = 1 mod 4): order 2 (q + 1)  e.g. 12, 20, 28, 36, 52, 76, 100, 108
-This covers real model dims such as 576 = 36*16, 1536 = 12*128, 11008 = 344*32, 14336 = 28*512.
+or from a Williamson array (williamson.py) where Paley has none: 156 = 4*39, 172 = 4*43.
+The smallest such m is used, so 576 = 36*16, 1536 = 12*128, 11008 = 172*64, 14336 = 28*512.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import itertools
 import torch
 
 from ..errors import MrgptqError
+from .williamson import williamson
 
 
 class RotationError(MrgptqError):
@@ -120,27 +122,30 @@ def _paley(m: int) -> torch.Tensor | None:
 
 
 @functools.lru_cache(maxsize=64)
-def paley_factor(n: int) -> tuple[int, torch.Tensor]:
-    """(m, H_m) with n = m * 2^a and H_m a +-1 Hadamard of order m (m = 1 for powers of two)."""
+def hadamard_factor(n: int) -> tuple[int, torch.Tensor]:
+    """(m, H_m) with n = m * 2^a and H_m a +-1 Hadamard of order m from Paley or Williamson (m = 1 for
+    powers of two)."""
     if is_pow2(n):
         return 1, torch.ones(1, 1, dtype=torch.float64)
     m = n // (n & -n)  # odd part, doubled until a construction exists
     while m <= min(n, MAX_PALEY):
         if m % 4 == 0:
             h = _paley(m)
+            if h is None:
+                h = williamson(m)
             if h is not None:
                 return m, h
         m *= 2
     raise RotationError(
-        f"no Hadamard matrix of order {n} from our constructions (powers of two times a Paley order such as "
-        f"12, 20, 28, 36, 44, 52, 60, 108, 140, 344); use a block size that divides {n}, e.g. "
+        f"no Hadamard matrix of order {n} from our constructions (powers of two times a Paley or Williamson "
+        f"order such as 12, 20, 28, 36, 44, 52, 60, 108, 140, 156, 172, 344); use a block size that divides {n}, e.g. "
         f"{', '.join(str(b) for b in supported_blocks(n)) or 'a power of two'}"
     )
 
 
 @functools.lru_cache(maxsize=16)
 def _hadamard_pm1(n: int) -> torch.Tensor:
-    m, hm = paley_factor(n)
+    m, hm = hadamard_factor(n)
     return torch.kron(hm, sylvester(n // m))
 
 
@@ -157,7 +162,7 @@ def hadamard(n: int) -> torch.Tensor:
 
 def has_hadamard(n: int) -> bool:
     try:
-        paley_factor(n)
+        hadamard_factor(n)
         return True
     except RotationError:
         return False

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .hadamard import RotationError, fwht, hadamard, is_pow2, paley_factor, supported_blocks, sylvester
+from .hadamard import RotationError, fwht, hadamard, is_pow2, hadamard_factor, supported_blocks, sylvester
 
 TRANSFORMS = ("hadamard", "dct", "dst", "gsr", "identity")
 
@@ -76,7 +76,7 @@ class Rotation:
                 f"blocks that do: {', '.join(map(str, supported_blocks(self.dim))) or 'none of 16..512'}"
             )
         if self.kind == "hadamard":
-            paley_factor(b)  # raises a clear error if no construction reaches this order
+            hadamard_factor(b)  # raises a clear error if no construction reaches this order
 
     @property
     def size(self) -> int:
@@ -132,7 +132,7 @@ class Rotation:
 
 def _apply_kron(x: torch.Tensor, n: int) -> torch.Tensor:
     """x (H_m (x) H_p) without forming the n x n matrix: X' = H_m^T X H_p over X = x.view(m, p)."""
-    m, hm = paley_factor(n)
+    m, hm = hadamard_factor(n)
     p = n // m
     lead = x.shape[:-1]
     xv = x.reshape(*lead, -1, m, p)

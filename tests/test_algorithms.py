@@ -113,6 +113,26 @@ def test_qep_reduces_error_against_full_precision_target(captured):
     assert corrected < plain
 
 
+def test_w4a4_qep_corrects_only_upstream_error(captured):
+    """With W4A4 the layer sees Q(x^ R); QEP regresses on x^ R. If nothing upstream is quantized (x^ = x), the
+    correction is exactly zero, however large this layer's own activation rounding is; with an upstream
+    distortion it is not, and GPTQ's Hessian stays that of the activation-quantized input."""
+    W, Xc, _ = captured["b20.q_proj"]
+    act = ActQuantizer(formats.get_spec("mxfp4"))
+    act.observe(Xc)
+    act.finalize()
+    clean = Hessian(W.shape[1], cross=True)
+    clean.add(act(Xc), Xc, x_cross=Xc)
+    assert clean.C.abs().max().item() == 0.0
+    assert torch.equal(qep_correct(W, clean.H_qep, clean.C, alpha=0.5), W)
+    assert torch.allclose(clean.H, 2 * act(Xc).T @ act(Xc) / Xc.shape[0], rtol=1e-4, atol=1e-4)
+    A = torch.eye(W.shape[1]) + 0.05 * student_t((W.shape[1],) * 2, df=30, seed=14) / W.shape[1] ** 0.5
+    moved = Hessian(W.shape[1], cross=True)
+    moved.add(act(Xc @ A), Xc, x_cross=Xc @ A)
+    assert moved.C.abs().max().item() > 0
+    assert torch.allclose(moved.H_qep, 2 * (Xc @ A).T @ (Xc @ A) / Xc.shape[0], rtol=1e-4, atol=1e-4)
+
+
 def test_hessian_streaming_and_dead_inputs():
     x = student_t((300, 48), seed=11)
     h = Hessian(48)

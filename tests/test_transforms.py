@@ -7,7 +7,7 @@ from mrgptq.transforms import Rotation, RotationError, fwht, hadamard, has_hadam
 from mrgptq.transforms.hadamard import _hadamard_pm1, hadamard_factor, sylvester
 
 
-@pytest.mark.parametrize("n", [12, 20, 28, 36, 40, 44, 52, 60, 108, 140, 156, 344, 576, 1536, 2496])
+@pytest.mark.parametrize("n", [12, 20, 28, 36, 40, 44, 52, 60, 108, 140, 156, 172, 344, 576, 688, 1536, 2496])
 def test_hadamard_orders_are_exact(n):
     H = _hadamard_pm1(n)
     assert set(H.unique().tolist()) == {-1.0, 1.0}
@@ -18,7 +18,7 @@ def test_hadamard_orders_are_exact(n):
 def test_large_model_dims_factor_into_known_orders(n):
     m, hm = hadamard_factor(n)
     p = n // m
-    assert m * p == n and p & (p - 1) == 0 and m in (28, 172, 344)
+    assert m * p == n and p & (p - 1) == 0 and m == {11008: 172, 14336: 28}[n]  # 11008 = 172 * 64
     assert torch.equal(hm @ hm.T, m * torch.eye(m, dtype=torch.float64))
 
 
@@ -49,6 +49,16 @@ def test_stored_williamson_rows_are_what_search_spells():
         assert all(len(r) == (n + 1) // 2 and set(r) <= {"+", "-"} for r in rows)
         H = williamson(4 * n)
         assert torch.equal(H @ H.T, 4 * n * torch.eye(4 * n, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dim", [624, 688])  # 156 * 4 and 172 * 4: full rotations through a Williamson factor
+def test_williamson_full_rotation_preserves_the_layer(dim):
+    W = student_t((24, dim), seed=dim)
+    x = student_t((10, dim), seed=dim + 1)
+    rot = Rotation(dim, "hadamard", None)
+    y = rot.apply(x) @ rot.fuse(W).T
+    ref = x @ W.T
+    assert ((y - ref).norm() / ref.norm()).item() < 1e-5
 
 
 def test_unreachable_order_names_working_blocks():

@@ -197,9 +197,9 @@ def quantize_model(model, calib_ids: torch.Tensor, cfg: QuantConfig, device="cpu
     arch = get_arch(model)
     validate(model, cfg)
     if cfg.qep and cfg.w4a4:
-        log.warning("QEP with W4A4 measured worse than without on SmolLM2 (MR-GPTQ MXFP4 W4A4 WikiText-2 ppl "
-                    "36.0 -> 43.4; README, accuracy table): upstream errors are mostly activation rounding, "
-                    "random per token, which a weight correction cannot undo; consider dropping --qep")
+        log.warning("--qep with --w4a4 measured worse than without on SmolLM2 (README, accuracy table: "
+                    "upstream errors are mostly activation rounding, random per token, which a fixed weight "
+                    "correction cannot undo); QEP is meant for weight-only recipes")
     model.config.use_cache = False
     layers = blocks(model)
     stream = first_block_inputs(model, calib_ids, device, batch_size)

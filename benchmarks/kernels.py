@@ -1,9 +1,12 @@
 """Build, check and time every FP4 kernel against cuBLAS bf16 and torch's fp8 _scaled_mm, in one run.
 
     python benchmarks/kernels.py --json out/kernels.json            # Llama-3-8B and -70B linears, H100
+    python benchmarks/kernels.py --only w4a16 sweep --no-70b        # decode GEMV vs GEMM, and the GEMV tile sweep
 
 Times are triton.testing.do_bench medians over rotating copies of the operands (more bytes than L2 holds),
-so weights stream from HBM as in real decoding. Prints a table; writes JSON.
+so weights stream from HBM as in real decoding. Per call, so small shapes include Python launch cost;
+`--cuda-graphs` replays the calls from one CUDA graph instead (added after the last GPU session: not yet run).
+Prints a table; writes JSON.
 """
 from __future__ import annotations
 
@@ -22,8 +25,25 @@ SHAPES = {  # (N, K) of y = x W^T
 L2_BYTES = 50 * 2**20
 
 
+GRAPHS = False  # --cuda-graphs: time GPU work only, as decode under CUDA graphs sees it
+
+
 def bench(fn_of_i, n_bufs):
     from triton.testing import do_bench
+
+    if GRAPHS:  # one graph holding a call on every buffer; replay time / n_bufs, no Python launch cost
+        torch.cuda.synchronize()
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for i in range(n_bufs):  # warm up (compile, allocate) outside the capture
+                fn_of_i(i)
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for i in range(n_bufs):
+                fn_of_i(i)
+        return do_bench(g.replay, warmup=10, rep=100, return_mode="median") * 1e-3 / n_bufs
 
     state = {"i": 0}
 
@@ -176,7 +196,11 @@ def main():
     p.add_argument("--no-70b", action="store_true")
     p.add_argument("--ms", default="1,4,8,16,32", help="W4A16 rows (batch sizes) to time")
     p.add_argument("--sweep-formats", default="mxfp4,nvfp4")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="time each kernel inside a CUDA graph (GPU time only, no Python launch cost)")
     a = p.parse_args()
+    global GRAPHS
+    GRAPHS = a.cuda_graphs
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/kernels.py needs a CUDA GPU")
     dev = "cuda"

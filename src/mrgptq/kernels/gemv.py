@@ -78,9 +78,9 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, alpha, N, K, stride_xm, stride_ym,
 
 
 def _pick(N: int, K: int, G: int):
-    """(BN, BG, SPLIT_K, warps, stages, x_split): 8 rows x 512 elements per step measured best of BN 8-64 and
-    256/512-element steps on H100 at every Llama-3-8B shape (BENCHMARKS.md); no split-K, which would need a
-    zeroed fp32 buffer and a cast, two more launches per linear."""
+    """(BN, BG, SPLIT_K, warps, stages, x_split): 8 rows x 512 elements per step, within 16% of the best of
+    the H100 sweep at every Llama-3-8B shape (BENCHMARKS.md); no split-K, which would need a zeroed fp32
+    buffer and a cast, two more launches per linear."""
     bg = max(1, min(512 // G, K // G))
     while (K // G) % bg:
         bg //= 2

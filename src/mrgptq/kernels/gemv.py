@@ -78,8 +78,8 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, alpha, N, K, stride_xm, stride_ym,
 
 
 def _pick(N: int, K: int, G: int):
-    """(BN, BG, SPLIT_K, warps, stages, x_split): 8 rows x 512 elements per step; the best of
-    the H100 sweep was at most 16% faster at any Llama-3-8B shape (BENCHMARKS.md); no split-K, which needs a zeroed fp32
+    """(BN, BG, SPLIT_K, warps, stages, x_split): 8 rows x 512 elements per step; the best of the H100 sweep
+    was at most 16% faster at any Llama-3-8B shape (BENCHMARKS.md). No split-K: it needs a zeroed fp32
     buffer and a cast, two more launches per linear."""
     bg = max(1, min(512 // G, K // G))
     while (K // G) % bg:

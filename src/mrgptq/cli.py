@@ -71,7 +71,7 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="choose group scales before the GPTQ loop (static) or when reached (dynamic)")
     p.add_argument("--damp", type=float, default=0.01, help="relative Hessian dampening (default 0.01)")
     p.add_argument("--qep", action="store_true",
-                   help="quantization error propagation (weight-only recipes; with --w4a4 it measured worse)")
+                   help="quantization error propagation (with --w4a4, a smaller --qep-alpha such as 0.25)")
     p.add_argument("--qep-alpha", type=float, default=0.5, help="QEP propagation strength (default 0.5)")
     p.add_argument("--w4a4", action="store_true", help="also quantize activations (W4A4)")
     p.add_argument("--act-format", choices=FORMAT_NAMES, help="activation format for W4A4 (implies --w4a4)")

@@ -196,10 +196,10 @@ def quantize_model(model, calib_ids: torch.Tensor, cfg: QuantConfig, device="cpu
     cfg = cfg.resolved()
     arch = get_arch(model)
     validate(model, cfg)
-    if cfg.qep and cfg.w4a4:
-        log.warning("--qep with --w4a4 measured worse than without on SmolLM2 (README, accuracy table: "
-                    "upstream errors are mostly activation rounding, random per token, which a fixed weight "
-                    "correction cannot undo); QEP is meant for weight-only recipes")
+    if cfg.qep and cfg.w4a4 and cfg.qep_alpha > 0.25:
+        log.warning(f"--qep with --w4a4 at alpha {cfg.qep_alpha} measured worse than no QEP on SmolLM2, alpha 0.25 "
+                    "slightly better (README, QEP note): upstream errors are mostly activation rounding, which a "
+                    "strong weight correction over-fits; consider --qep-alpha 0.25")
     model.config.use_cache = False
     layers = blocks(model)
     stream = first_block_inputs(model, calib_ids, device, batch_size)

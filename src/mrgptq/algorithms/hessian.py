@@ -22,7 +22,7 @@ class Hessian:
         """x: inputs the quantized layer sees (..., dim); x_fp: the full-precision model's inputs (QEP);
         x_cross: the quantized model's inputs to regress on, if not x (W4A4: before activation quantization,
         so QEP corrects the error made upstream, not this layer's own activation rounding)."""
-        x = x.reshape(-1, self.dim).to(self.H.device, torch.float32)
+        x = self._flat(x)
         b = x.shape[0]
         if b == 0:
             return
@@ -33,13 +33,15 @@ class Hessian:
                 raise ValueError("QEP Hessian needs the full-precision inputs too (x_fp)")
             xc = x
             if x_cross is not None:
-                xc = x_cross.reshape(-1, self.dim).to(self.H.device, torch.float32)
+                xc = self._flat(x_cross)
                 if self.H_cross is None:
                     self.H_cross = torch.zeros_like(self.H)
                 self.H_cross.mul_(self.n / total).addmm_(xc.T, xc, alpha=2.0 / total)
-            d = x_fp.reshape(-1, self.dim).to(self.H.device, torch.float32) - xc
-            self.C.mul_(self.n / total).addmm_(d.T, xc, alpha=1.0 / total)
+            self.C.mul_(self.n / total).addmm_((self._flat(x_fp) - xc).T, xc, alpha=1.0 / total)
         self.n = total
+
+    def _flat(self, t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(-1, self.dim).to(self.H.device, torch.float32)
 
     @property
     def H_qep(self) -> torch.Tensor:

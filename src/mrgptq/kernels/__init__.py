@@ -51,14 +51,15 @@ def fp4_linear(x: torch.Tensor, module) -> torch.Tensor:
     else:
         a, a_scales = (x2 if block is None else rotate(x2, block)), None
     gw, ga = module.global_divisors()
-    if rows <= GEMV_ROWS or rows >= DENSE_ROWS:
+    if rows <= GEMV_ROWS:
         if a_scales is not None:
-            a = dequantize(a, a_scales, module.act_spec, ga, torch.float32 if rows <= GEMV_ROWS else x.dtype)
-        if rows <= GEMV_ROWS:
-            y = fp4_gemv(a, module.weight_packed, module.weight_scale, module.spec, 1.0 / gw, out_dtype=x.dtype)
-        else:
-            w = dequantize(module.weight_packed, module.weight_scale, module.spec, gw, x.dtype)
-            y = torch.nn.functional.linear(a, w)
+            a = dequantize(a, a_scales, module.act_spec, ga, torch.float32)
+        y = fp4_gemv(a, module.weight_packed, module.weight_scale, module.spec, 1.0 / gw, out_dtype=x.dtype)
+    elif rows >= DENSE_ROWS:
+        if a_scales is not None:
+            a = dequantize(a, a_scales, module.act_spec, ga, x.dtype)
+        w = dequantize(module.weight_packed, module.weight_scale, module.spec, gw, x.dtype)
+        y = torch.nn.functional.linear(a, w)
     else:
         y = fp4_matmul(a, module.weight_packed, module.weight_scale, module.spec, module.kernel_alpha(),
                        a_scales=a_scales, out_dtype=x.dtype)

@@ -162,6 +162,24 @@ def dequantize(packed: torch.Tensor, scales: torch.Tensor, spec: FormatSpec, glo
     return out
 
 
+def split_k_target(M: int, N: int, split: int, out, out_dtype, device) -> torch.Tensor:
+    """Where a kernel writes y (M, N): a zeroed fp32 buffer its split-K programs add into with atomics, or
+    `out` / a fresh tensor of out_dtype that a single pass stores into directly."""
+    if split > 1:
+        return torch.zeros((M, N), dtype=torch.float32, device=device)
+    return out if out is not None else torch.empty((M, N), dtype=out_dtype, device=device)
+
+
+def split_k_result(c: torch.Tensor, split: int, out, out_dtype) -> torch.Tensor:
+    """y in out_dtype (in `out` if given) from what split_k_target returned, after the kernel ran."""
+    if split == 1:
+        return c
+    if out is None:
+        return c.to(out_dtype)
+    out.copy_(c)
+    return out
+
+
 def fp4_matmul(a, w_packed, w_scales, spec: FormatSpec, alpha: float = 1.0, a_scales=None,
                out_dtype=torch.bfloat16, config=None, out=None):
     """y (M, N) = alpha * A W^T with W packed (N, K/2) + group scales (N, K/g).
@@ -184,19 +202,11 @@ def fp4_matmul(a, w_packed, w_scales, spec: FormatSpec, alpha: float = 1.0, a_sc
         raise MrgptqError(f"fp4_matmul: K={K} must be a multiple of the K tile {bk}, itself of the group {g}")
     if a.stride(-1) != 1:
         a = a.contiguous()
-    if split > 1:
-        c = torch.zeros((M, N), dtype=torch.float32, device=a.device)
-    else:
-        c = out if out is not None else torch.empty((M, N), dtype=out_dtype, device=a.device)
+    c = split_k_target(M, N, split, out, out_dtype, a.device)
     grid = (triton.cdiv(M, bm), triton.cdiv(N, bn), split)
     _fp4_gemm_kernel[grid](
         a, a_scales if a_fp4 else a, w_packed, w_scales, c, alpha, M, N, K, a.stride(0), c.stride(0),
         G=g, BM=bm, BN=bn, BK=bk, SPLIT_K=split, A_FP4=a_fp4, NV=nv, FP8=a_fp4 and not nv, F32_DOT=INTERPRET,
         num_warps=warps, num_stages=stages,
     )
-    if split > 1:
-        if out is None:
-            return c.to(out_dtype)
-        out.copy_(c)
-        return out
-    return c
+    return split_k_result(c, split, out, out_dtype)

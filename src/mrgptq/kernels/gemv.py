@@ -20,6 +20,7 @@ import triton.language as tl
 from ..errors import MrgptqError
 from ..formats import FormatSpec
 from .fp4 import pow2, store_rounded
+from .gemm import split_k_result, split_k_target
 
 DECODE_SHIFT = 2.0**14  # e2m1_as_fp16(c) = value(c) * 2^-14
 
@@ -108,17 +109,9 @@ def fp4_gemv(x: torch.Tensor, w_packed: torch.Tensor, w_scales: torch.Tensor, sp
         x = x.reshape(M, K // G, G // 2, 2).transpose(2, 3).contiguous()
     elif not x.is_contiguous():
         x = x.contiguous()
-    if split > 1:
-        y = torch.zeros((M, N), dtype=torch.float32, device=x.device)
-    else:
-        y = out if out is not None else torch.empty((M, N), dtype=out_dtype, device=x.device)
+    y = split_k_target(M, N, split, out, out_dtype, x.device)
     grid = (triton.cdiv(N, bn), M, split)
     _gemv_kernel[grid](x, w_packed, w_scales, y, alpha * DECODE_SHIFT, N, K, K, y.stride(0),
                        G=G, BN=bn, BG=bg, SPLIT_K=split, NV=spec.scale_dtype == "e4m3", X_SPLIT=x_split,
                        num_warps=warps, num_stages=stages)
-    if split > 1:
-        if out is None:
-            return y.to(out_dtype)
-        out.copy_(y)
-        return out
-    return y
+    return split_k_result(y, split, out, out_dtype)

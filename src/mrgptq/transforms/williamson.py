@@ -33,9 +33,9 @@ FIRST_ROWS: dict[int, tuple[str, str, str, str]] = {
 }
 
 
-def _mirror(half: np.ndarray, n: int) -> np.ndarray:
-    """Full symmetric sequence of length n from entries 0..(n-1)/2."""
-    return np.concatenate([half, half[1:][::-1]])[:n] if n % 2 else np.concatenate([half, half[1:-1][::-1]])
+def _mirror(half: np.ndarray) -> np.ndarray:
+    """Full symmetric sequences of odd length n from entries 0..(n-1)/2 (last axis): x_j = x_{n-j}."""
+    return np.concatenate([half, half[..., 1:][..., ::-1]], -1)
 
 
 def _circulant(row: np.ndarray) -> torch.Tensor:
@@ -60,7 +60,7 @@ def williamson(order: int) -> torch.Tensor | None:
     if order % 4 or order // 4 not in FIRST_ROWS:
         return None
     n = order // 4
-    rows = [_mirror(np.array([1.0 if ch == "+" else -1.0 for ch in s]), n) for s in FIRST_ROWS[n]]
+    rows = [_mirror(np.array([1.0 if ch == "+" else -1.0 for ch in s])) for s in FIRST_ROWS[n]]
     return williamson_array(*rows)
 
 
@@ -91,7 +91,7 @@ def search(n: int, chunk: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray
     m = (n - 1) // 2
     bits = (np.arange(1 << m)[:, None] >> np.arange(m)) & 1
     half = np.concatenate([np.ones((1 << m, 1), np.int64), 1 - 2 * bits], 1)  # x_0 = +1
-    full = np.concatenate([half, half[:, 1:][:, ::-1]], 1)  # length n
+    full = _mirror(half)  # length n
     sums = full.sum(1)
     # spectrum at k = 1..m (real: symmetric) and periodic autocorrelation at shifts 1..m
     cos = np.cos(2 * np.pi * np.outer(np.arange(n), np.arange(1, m + 1)) / n)

@@ -75,7 +75,7 @@ def w4a16_rows(shapes, ms, dev):
     from mrgptq.kernels.gemm import fp4_matmul
     from mrgptq.kernels.gemv import fp4_gemv
 
-    kernels = {"gemv": fp4_gemv, "gemm": fp4_matmul}
+    kernels = {"gemv": fp4_gemv, "gemv plain-decode": lambda *a: fp4_gemv(*a, lut=False), "gemm": fp4_matmul}
     rows = []
     for name, (N, K) in shapes.items():
         n_w = copies(N * K // 2)
@@ -99,7 +99,7 @@ def w4a16_rows(shapes, ms, dev):
 
 
 def gemv_sweep(shapes, dev, fmts=("mxfp4", "nvfp4")):
-    """Every (BN, BG, SPLIT_K, warps) of the decode GEMV at M=1: which tile the heuristic should pick."""
+    """Every (BN, BW, SPLIT_K, warps, stages) of the decode GEMV at M=1: which tile the heuristic should pick."""
     import itertools
 
     from mrgptq.kernels.gemv import _pick, fp4_gemv
@@ -112,12 +112,10 @@ def gemv_sweep(shapes, dev, fmts=("mxfp4", "nvfp4")):
             G = q.spec.group_size
             x = torch.randn(1, K, device=dev, dtype=torch.bfloat16)
             times = {}
-            for bn, bk, split, warps, stages, xs in itertools.product((8, 16), (512, 1024, 2048), (1, 2), (4,), (1, 3),
-                                                                     (False, True)):
-                bg = bk // G
-                if (K // G) % bg:
+            for bn, bw, split, warps, stages in itertools.product((4, 8, 16), (32, 64, 128), (1,), (4, 8), (1, 2)):
+                if (K // 8) % bw or bw % (G // 8):
                     continue
-                cfg = (bn, bg, split, warps, stages, xs)
+                cfg = (bn, bw, split, warps, stages)
                 times[cfg] = bench(lambda i: fp4_gemv(x, *bufs[i], q.spec, alpha, config=cfg), n_w)
             best = min(times, key=times.get)
             heur = _pick(N, K, G)
@@ -130,6 +128,7 @@ def gemv_sweep(shapes, dev, fmts=("mxfp4", "nvfp4")):
 
 def w4a4_rows(shapes, M, dev):
     from mrgptq import formats
+    from mrgptq.kernels.fp8 import mxfp4_w4a4_matmul
     from mrgptq.kernels.gemm import fp4_matmul
     from mrgptq.kernels.quantize import rotate_quantize
 
@@ -154,13 +153,20 @@ def w4a4_rows(shapes, M, dev):
             ref = xdq @ wdq.float().T
             rel = ((y.float() - ref).norm() / ref.norm()).item()
             t = bench(lambda i: fp4_matmul(ap, *bufs[0], spec, alpha, a_scales=asc), 1)
+            t_path = rel_fp8 = float("nan")
+            if fmt == "mxfp4":  # exact E4M3 operands + one cuBLAS FP8 GEMM (what QuantLinear runs for prefill)
+                y8 = mxfp4_w4a4_matmul(ap, asc, *bufs[0], spec, alpha)
+                rel_fp8 = ((y8.float() - ref).norm() / ref.norm()).item()
+                t_path = bench(lambda i: mxfp4_w4a4_matmul(ap, asc, *bufs[0], spec, alpha), 1)
             t_q = bench(lambda i: rotate_quantize(x, spec, 32 if fmt == "mxfp4" else 16,
                                                   "rounded" if fmt == "mxfp4" else "spec", gs), 1)
             rows.append({"kernel": "W4A4", "shape": name, "N": N, "K": K, "M": M, "format": fmt, "us": t * 1e6,
                          "with_act_quant_us": (t + t_q) * 1e6, "bf16_us": t_bf16 * 1e6, "fp8_us": t_fp8 * 1e6,
                          "speedup": t_bf16 / t, "speedup_incl_quant": t_bf16 / (t + t_q),
                          "TFLOP/s": flops / t / 1e12, "bf16_TFLOP/s": flops / t_bf16 / 1e12,
-                         "fp8_TFLOP/s": flops / t_fp8 / 1e12, "rel_err": rel})
+                         "fp8_TFLOP/s": flops / t_fp8 / 1e12, "rel_err": rel,
+                         "fp8_path_us": t_path * 1e6, "fp8_path_speedup": t_bf16 / t_path,
+                         "fp8_path_speedup_incl_quant": t_bf16 / (t_path + t_q), "fp8_path_rel_err": rel_fp8})
     return rows
 
 
@@ -189,10 +195,45 @@ def quantize_rows(dev, M=4096):
     return rows
 
 
+def quantize_sweep(dev, M=4096):
+    """(BLOCK_M, BLOCK_K, K_PROGRAMS, warps) of the rotate+quantize kernel: which tile the heuristic should pick."""
+    import itertools
+
+    from mrgptq import formats
+    from mrgptq.kernels.gemm import _sm_count
+    from mrgptq.kernels.quantize import _pick, rotate_quantize
+
+    rows = []
+    for K in (4096, 14336):
+        n = copies(M * K * 2)
+        xs = [torch.randn(M, K, device=dev, dtype=torch.bfloat16) for _ in range(min(n, 6))]
+        t_copy = bench(lambda i: xs[i].clone(), len(xs))
+        for fmt, block in (("mxfp4", 32), ("nvfp4", 16)):
+            spec = formats.get_spec(fmt)
+            gs = formats.nv_global_scale(xs[0].float()).reshape(1) if fmt == "nvfp4" else None
+            rule = "rounded" if fmt == "mxfp4" else "spec"
+            nbytes = M * K * 2 + M * K // 2 + M * K // spec.group_size
+            times = {}
+            for bm, bk, kp, warps in itertools.product((32, 64), (64, 128, 256), (1, 2, 4, 8, 1000), (4, 8)):
+                kp = min(kp, K // bk)
+                cfg = (bm, bk, kp, warps)
+                if cfg in times:
+                    continue
+                times[cfg] = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs, config=cfg), len(xs))
+            best = min(times, key=times.get)
+            heur = _pick(M, K, max(block, spec.group_size, 64), _sm_count(xs[0].device))
+            t_h = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs), len(xs))
+            rows.append({"kernel": "quantize sweep", "M": M, "K": K, "format": fmt, "block": block,
+                         "best": best, "best_us": times[best] * 1e6, "best_of_copy": nbytes / times[best] * t_copy / (4 * M * K),
+                         "heuristic": heur, "heuristic_us": t_h * 1e6,
+                         "all": {str(k): v * 1e6 for k, v in times.items()}})
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--json", default="out/kernels.json")
-    p.add_argument("--only", choices=("quantize", "w4a16", "w4a4", "sweep"), nargs="*")
+    p.add_argument("--only", choices=("quantize", "w4a16", "w4a4", "sweep", "qsweep"), nargs="*")
     p.add_argument("--no-70b", action="store_true")
     p.add_argument("--ms", default="1,4,8,16,32", help="W4A16 rows (batch sizes) to time")
     p.add_argument("--sweep-formats", default="mxfp4,nvfp4")
@@ -205,20 +246,26 @@ def main():
         raise SystemExit("benchmarks/kernels.py needs a CUDA GPU")
     dev = "cuda"
     shapes = {k: v for k, v in SHAPES.items() if not (a.no_70b and k.startswith("70B"))}
-    only = set(a.only or ("quantize", "w4a16", "w4a4", "sweep"))
+    only = set(a.only or ("quantize", "w4a16", "w4a4", "sweep", "qsweep"))
     rows = []
     if "quantize" in only:
         rows += quantize_rows(dev)
         for r in rows:
             print(f"{r['kernel']:16s} {r['format']} b{r['block']:<4d} M={r['M']} K={r['K']:<6d} {r['us']:8.1f} us "
                   f"{r['GB/s']:7.0f} GB/s  {100 * r['of_copy']:.0f}% of copy")
+    if "qsweep" in only:
+        new = quantize_sweep(dev)
+        for r in new:
+            print(f"quantize sweep {r['format']} K={r['K']:<6d} best {r['best']} {r['best_us']:.1f} us "
+                  f"({100 * r['best_of_copy']:.0f}% of copy); heuristic {r['heuristic']} {r['heuristic_us']:.1f} us")
+        rows += new
     if "w4a16" in only:
         new = w4a16_rows(shapes, tuple(int(m) for m in a.ms.split(",")), dev)
         for r in new:
             print(f"{r['kernel']} {r['format']} {r['shape']:12s} M={r['M']:<4d} {r['us']:8.1f} us  bf16 "
                   f"{r['bf16_us']:8.1f} us  x{r['speedup']:.2f}  {r['GB/s']:6.0f} GB/s  err {r['rel_err']:.1e}")
         rows += new
-        for kname in ("W4A16 gemv", "W4A16 gemm"):
+        for kname in ("W4A16 gemv", "W4A16 gemv plain-decode", "W4A16 gemm"):
             for fmt in ("mxfp4", "nvfp4"):
                 s = [r["speedup"] for r in new if r["kernel"] == kname and r["format"] == fmt and r["M"] == 1
                      and r["shape"].startswith("8B")]
@@ -236,7 +283,9 @@ def main():
         for r in new:
             print(f"W4A4 {r['format']} {r['shape']:12s} M=4096 {r['us']:8.1f} us ({r['TFLOP/s']:.0f} TFLOP/s) "
                   f"bf16 {r['bf16_us']:.1f} us ({r['bf16_TFLOP/s']:.0f})  fp8 {r['fp8_us']:.1f} us  x{r['speedup']:.2f} "
-                  f"(x{r['speedup_incl_quant']:.2f} with act quant)  err {r['rel_err']:.1e}")
+                  f"(x{r['speedup_incl_quant']:.2f} with act quant)  err {r['rel_err']:.1e}  FP8 path "
+                  f"{r['fp8_path_us']:.1f} us x{r['fp8_path_speedup']:.2f} (x{r['fp8_path_speedup_incl_quant']:.2f} "
+                  f"with act quant) err {r['fp8_path_rel_err']:.1e}")
         rows += new
     out = {"device": torch.cuda.get_device_name(), "date": datetime.date.today().isoformat(),
            "torch": torch.__version__, "triton": __import__("triton").__version__, "rows": rows}

@@ -17,7 +17,7 @@ from conftest import student_t
 
 from mrgptq import formats
 from mrgptq.kernels.gemm import fp4_matmul
-from mrgptq.kernels.gemv import DECODE_SHIFT, e2m1_as_fp16, fp4_gemv
+from mrgptq.kernels.gemv import e2m1x8, fp4_gemv
 from mrgptq.kernels.quantize import rotate, rotate_quantize
 from mrgptq.transforms import Rotation
 
@@ -41,8 +41,13 @@ CASES = [("mxfp4", "spec", None), ("mxfp4", "spec", 32), ("mxfp4", "rounded", 64
 def test_rotate_quantize_is_bit_exact(fmt, rule, block):
     spec = formats.get_spec(fmt)
     M = 300 if GPU else 37  # not a multiple of the row tile
-    x = (student_t((M, K_ACT), seed=hash((fmt, rule, block)) % 1000) * 0.3).to(torch.bfloat16).to(DEV)
-    xr = (x if block is None else Rotation(K_ACT, "hadamard", block).apply(x)).float()  # rotated into bf16
+    x = (student_t((M, K_ACT), seed=CASES.index((fmt, rule, block))) * 0.3).to(torch.bfloat16).to(DEV)
+    if block is None:
+        xr = x.float()
+    elif GPU:  # the tensor cores' fp32 sums may differ from fwht's by a bf16 step (test_rotate_matches_fwht):
+        xr = rotate(x, block).float()  # quantization is checked on the kernel's own rotation (same dot)
+    else:
+        xr = Rotation(K_ACT, "hadamard", block).apply(x).float()  # rotated into bf16
     gs = formats.nv_global_scale(xr).reshape(1) if fmt == "nvfp4" else None
     ref = formats.quantize(xr, spec, scale_rule=rule, global_scale=gs)
     sdt = torch.float8_e4m3fn if fmt == "nvfp4" else torch.uint8
@@ -101,31 +106,44 @@ def test_w4a16_gemm(fmt, M):
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
 @pytest.mark.parametrize("M", [1, 3])
 def test_w4a16_gemv(fmt, M):
-    """The decode GEMV (CUDA cores, fp16-bit-pattern decode, one scale per group sum), heuristic tiles and
-    split-K with fp32 atomics."""
+    """The decode GEMV (CUDA cores, byte-permute decode of 8-code words, one scale per group sum), heuristic
+    tiles and split-K with fp32 atomics; on the GPU also the plain-integer decode."""
     for i, (N, K) in enumerate(SHAPES):
         q, wp, ws, wdq = _weights(fmt, N, K, seed=10 + i)
         x = student_t((M, K), seed=M + 7).to(torch.bfloat16).to(DEV)
         ref = x.float() @ wdq.T
         _close(fp4_gemv(x, wp, ws, q.spec, _alpha(q), out=poisoned((M, N), torch.bfloat16)), ref)
-        _close(fp4_gemv(x, wp, ws, q.spec, _alpha(q), config=(8, 2, 2, 4, 1, False)), ref)
-        _close(fp4_gemv(x, wp, ws, q.spec, _alpha(q), config=(16, 4, 1, 4, 2, True)), ref)
+        _close(fp4_gemv(x, wp, ws, q.spec, _alpha(q), config=(8, 16, 2, 4, 1)), ref)
+        _close(fp4_gemv(x, wp, ws, q.spec, _alpha(q), config=(16, 32, 1, 4, 2), lut=False), ref)
 
 
 @triton.jit
-def _decode_all(c_ptr, o_ptr):
-    i = tl.arange(0, 16)
-    tl.store(o_ptr + i, e2m1_as_fp16(tl.load(c_ptr + i).to(tl.int32)))
+def _decode_words(w_ptr, o_ptr, n, LUT: tl.constexpr):
+    i = tl.arange(0, 64)
+    w = tl.load(w_ptr + i, mask=i < n, other=0)
+    v0, v1, v2, v3, v4, v5, v6, v7 = e2m1x8(w, LUT)
+    tl.store(o_ptr + i * 8 + 0, v0, mask=i < n)
+    tl.store(o_ptr + i * 8 + 1, v1, mask=i < n)
+    tl.store(o_ptr + i * 8 + 2, v2, mask=i < n)
+    tl.store(o_ptr + i * 8 + 3, v3, mask=i < n)
+    tl.store(o_ptr + i * 8 + 4, v4, mask=i < n)
+    tl.store(o_ptr + i * 8 + 5, v5, mask=i < n)
+    tl.store(o_ptr + i * 8 + 6, v6, mask=i < n)
+    tl.store(o_ptr + i * 8 + 7, v7, mask=i < n)
 
 
-def test_e2m1_fp16_decode_is_exact():
-    """Every code's fp16 bit pattern times 2^14 is the E2M1 value, -0 included."""
-    codes = torch.arange(16, dtype=torch.uint8, device=DEV)
-    out = poisoned((16,), torch.float32)
-    _decode_all[(1,)](codes, out)
-    ref = formats.codec.decode(codes.cpu(), formats.get_spec("mxfp4")).float()
-    got = out.cpu() * DECODE_SHIFT
-    assert torch.equal(got.view(torch.int32), ref.view(torch.int32))
+@pytest.mark.parametrize("lut", [True, False] if GPU else [False])
+def test_e2m1_word_decode_is_exact(lut):
+    """Every code in every nibble position becomes its exact float32 (-0 included), through the byte-permute
+    tables (GPU) and the plain integer path."""
+    codes = torch.randint(0, 16, (64, 8), generator=torch.Generator().manual_seed(0), dtype=torch.int64)
+    codes[:16] = torch.arange(16)[:, None]  # each code in all 8 positions
+    words = (codes << (4 * torch.arange(8))).sum(1).to(torch.int64)
+    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32).to(DEV)
+    out = poisoned((64 * 8,), torch.float32)
+    _decode_words[(1,)](words, out, 64, LUT=lut)
+    ref = formats.codec.decode(codes.reshape(-1).to(torch.uint8), formats.get_spec("mxfp4")).float()
+    assert torch.equal(out.cpu().view(torch.int32), ref.view(torch.int32))
 
 
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
@@ -141,6 +159,40 @@ def test_w4a4_gemm(fmt, M):
     alpha = _alpha(q) / (1.0 if gs is None else float(gs))
     y = fp4_matmul(ap, wp, ws, q.spec, alpha, a_scales=asc, out=poisoned((M, N), torch.bfloat16))
     _close(y, ref)
+
+
+def test_mxfp4_as_fp8_rows_is_exact():
+    """E4M3 values times the per-row 2^(e_max - 6) equal formats.dequantize bit for bit while every group is
+    within 2^14 of its row's largest; a group far below it keeps only E4M3-subnormal precision."""
+    from mrgptq.kernels.fp8 import fp8_rows
+
+    N, K = SHAPES[1]
+    W = student_t((N, K), seed=9) * 0.02
+    W[1, 64:96] *= 2.0**-10  # a small group, still exact
+    W[2, :32] *= 2.0**-30  # far below: rounded
+    W[3, :] = 0  # an all-zero row: zero values, any scale
+    q = formats.quantize(W, "mxfp4")
+    v8, rs = fp8_rows(formats.pack(q.codes).to(DEV), q.scales.to(DEV), q.spec)
+    y = (v8.float() * rs[:, None]).cpu()
+    ref = formats.dequantize(q)
+    exact = torch.ones(N, dtype=torch.bool)
+    exact[2] = False
+    assert torch.equal(y[exact], ref[exact])
+    assert torch.equal(y[2, 32:], ref[2, 32:])
+    assert ((y[2, :32] - ref[2, :32]).abs() <= ref[2].abs().max() * 2**-19).all()
+
+
+@pytest.mark.skipif(not GPU, reason="torch._scaled_mm needs an FP8 GPU")
+def test_mxfp4_w4a4_fp8_gemm():
+    from mrgptq.kernels.fp8 import mxfp4_w4a4_matmul
+
+    N, K = SHAPES[0]
+    M = 256
+    q, wp, ws, wdq = _weights("mxfp4", N, K, seed=4)
+    x = (student_t((M, K), seed=5) * 0.5).to(torch.bfloat16).to(DEV)
+    ref = formats.dequantize(formats.quantize(x.float(), q.spec)) @ wdq.T
+    ap, asc = rotate_quantize(x, q.spec, None, "spec")
+    _close(mxfp4_w4a4_matmul(ap, asc, wp, ws, q.spec, 1.0), ref)
 
 
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])

@@ -36,7 +36,9 @@ def fp4_linear(x: torch.Tensor, module) -> torch.Tensor:
     Decode (<= GEMV_ROWS rows) runs the CUDA-core GEMV on 4-bit weights (W4A4 activations are dequantized
     first: a few rows, and their values are then exact); up to DENSE_ROWS the tensor-core FP4 GEMM; prefill
     dequantizes the operands in one pass each (bit-identical to formats.dequantize) and uses cuBLAS, which on
-    Hopper beats decoding inside the GEMM loop (BENCHMARKS.md)."""
+    Hopper beats decoding inside the GEMM loop (BENCHMARKS.md); MXFP4 W4A4 prefill turns both operands into
+    exact E4M3 with per-row scales and runs one FP8 cuBLAS GEMM (`fp8.py`)."""
+    from .fp8 import has_fp8_gemm, mxfp4_w4a4_matmul
     from .gemm import dequantize, fp4_matmul
     from .gemv import fp4_gemv
     from .quantize import rotate, rotate_quantize
@@ -55,6 +57,10 @@ def fp4_linear(x: torch.Tensor, module) -> torch.Tensor:
         if a_scales is not None:
             a = dequantize(a, a_scales, module.act_spec, ga, torch.float32)
         y = fp4_gemv(a, module.weight_packed, module.weight_scale, module.spec, 1.0 / gw, out_dtype=x.dtype)
+    elif rows >= DENSE_ROWS and a_scales is not None and module.spec.scale_dtype == "e8m0" \
+            and has_fp8_gemm(x.device):
+        y = mxfp4_w4a4_matmul(a, a_scales, module.weight_packed, module.weight_scale, module.spec,
+                              module.kernel_alpha(), out_dtype=x.dtype)
     elif rows >= DENSE_ROWS:
         if a_scales is not None:
             a = dequantize(a, a_scales, module.act_spec, ga, x.dtype)

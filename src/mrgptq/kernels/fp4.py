@@ -29,12 +29,17 @@ def e2m1_decode(codes):
 
 @triton.jit
 def e2m1_encode(v):
-    """Scaled float32 -> uint8 E2M1 code: nearest, ties to the even code, saturating at 6 (formats.codec)."""
+    """Scaled float32 -> int32 E2M1 code: nearest, ties to the even code, saturating at 6 (formats.codec).
+
+    Below 2 the grid is uniform (step 1/2), so the code is rint(2|v|) (the 2^23 trick, round-half-even); from 2
+    up it is |v| rounded to one mantissa bit, half-even on the float bits, whose exponent and mantissa bit are
+    the code (2 -> 4 ... 6 -> 7; 8, reached from 7 up, saturates to 7). ~11 instructions instead of 7 compares."""
     a = tl.abs(v)
-    mag = (a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32) \
-        + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32) + (a > 5.0).to(tl.int32)
-    sign = (v.to(tl.int32, bitcast=True) >> 31) & 1
-    return (mag | (sign << 3)).to(tl.uint8)
+    b = a.to(tl.int32, bitcast=True)
+    small = (a * 2.0 + 8388608.0).to(tl.int32, bitcast=True) - 0x4B000000
+    big = tl.minimum(((b + 0x1FFFFF + ((b >> 22) & 1)) >> 22) - 252, 7)
+    mag = tl.where(a < 2.0, small, big)
+    return mag | ((v.to(tl.int32, bitcast=True) >> 28) & 8)
 
 
 @triton.jit
@@ -43,6 +48,14 @@ def round_bf16(y):
     bits = y.to(tl.int32, bitcast=True)
     bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
     return bits.to(tl.float32, bitcast=True).to(tl.bfloat16)
+
+
+@triton.jit
+def bf16_round_trip(y, INTERP: tl.constexpr):
+    """float32 -> nearest-even bfloat16 -> float32 (the hardware conversion; by hand in the interpreter)."""
+    if INTERP:
+        return round_bf16(y).to(tl.float32)
+    return y.to(tl.bfloat16).to(tl.float32)
 
 
 @triton.jit
@@ -90,10 +103,3 @@ def mx_exponent(amax, RULE: tl.constexpr):
     if RULE == 2:  # rounded: amax rounded to E2M1 precision first
         e0 = e0 + (amax >= 7.0 * pow2(tl.maximum(e0, -127))).to(tl.int32)
     return tl.minimum(tl.maximum(e0, -127), 127)
-
-
-@triton.jit
-def pack_codes(codes, ROWS: tl.constexpr, COLS: tl.constexpr):
-    """(ROWS, COLS) codes -> (ROWS, COLS // 2) bytes."""
-    lo, hi = tl.split(tl.reshape(codes, (ROWS, COLS // 2, 2)))
-    return lo | (hi << 4)

@@ -16,24 +16,27 @@ from ..transforms.hadamard import sylvester
 from .fp4 import (
     INTERPRET,
     RULE_IDS,
+    bf16_round_trip,
     e2m1_encode,
     e4m3_round,
     mx_exponent,
-    pack_codes,
     pow2,
-    round_bf16,
     store_rounded,
 )
 
 
 @triton.jit
-def _block_rotate(x, h_ptr, B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+def _load_h(h_ptr, B: tl.constexpr):
+    hb = tl.arange(0, B)
+    return tl.load(h_ptr + hb[:, None] * B + hb[None, :])
+
+
+@triton.jit
+def _block_rotate(x, h, B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                   INV_SQRT_B: tl.constexpr, F32_DOT: tl.constexpr):
     """(BLOCK_M, BLOCK_K) tile times diag(H_b) / sqrt(b), float32: a tensor-core product with the exact +-1
     block (F32_DOT: in fp32, as the CPU interpreter has no bf16 dot), then one multiply, as transforms.fwht."""
     xb = tl.reshape(x, (BLOCK_M * BLOCK_K // B, B))
-    hb = tl.arange(0, B)
-    h = tl.load(h_ptr + hb[:, None] * B + hb[None, :])
     if x.dtype == tl.float32 or F32_DOT:
         y = tl.dot(xb.to(tl.float32), h.to(tl.float32), input_precision="ieee")
     else:
@@ -43,47 +46,57 @@ def _block_rotate(x, h_ptr, B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.
 
 @triton.jit
 def _rotate_quantize_kernel(
-    x_ptr, h_ptr, packed_ptr, scale_ptr, gs_ptr, M, K, stride_xm,
+    x_ptr, h_ptr, packed_ptr, scale_ptr, gs_ptr, M, K, stride_xm, K_PROGRAMS,
     B: tl.constexpr, G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
     ROTATE: tl.constexpr, NV: tl.constexpr, RULE: tl.constexpr, GDIV: tl.constexpr, INV_SQRT_B: tl.constexpr,
     F32_DOT: tl.constexpr,
 ):
+    """Each program walks K tiles pid_k, pid_k + K_PROGRAMS, ... of its rows (address setup and H amortized).
+
+    Per element the work is what bandwidth allows (~25 instructions): one product, one bf16 rounding, the
+    group max, one multiply by 2^-e (MXFP4: an exact division) or a correctly rounded division (NVFP4), the
+    bit-trick encode and half a pack. Codes stay int32 until the store (8-bit arithmetic costs extra)."""
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     rmask = rows < M
-    x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=rmask[:, None], other=0.0)
     if ROTATE:
-        y = _block_rotate(x, h_ptr, B, BLOCK_M, BLOCK_K, INV_SQRT_B, F32_DOT)
-        if x.dtype == tl.bfloat16:  # the runtime rotates into bf16, then quantizes (as compressed-tensors)
-            y = round_bf16(y).to(tl.float32)
-        elif x.dtype == tl.float16:
-            y = y.to(tl.float16).to(tl.float32)
-    else:
-        y = x.to(tl.float32)
-    yg = tl.reshape(y, (BLOCK_M, BLOCK_K // G, G))
-    amax = tl.max(tl.abs(yg), axis=2)
+        h = _load_h(h_ptr, B)
     if NV:
         gs = tl.load(gs_ptr)
-        s8 = e4m3_round(tl.minimum(gs * tl.math.div_rn(amax, 6.0), 448.0)).to(tl.float8e4nv)  # exact cast
-        eff = tl.math.div_rn(s8.to(tl.float32), gs)
-        stored = s8
-    else:
-        e = mx_exponent(amax, RULE)
-        eff = pow2(e)
-        if GDIV != 1.0:
-            eff = tl.math.div_rn(eff, GDIV)
-        stored = (e + 127).to(tl.uint8)
-    safe = tl.where(eff > 0, eff, 1.0)
-    q = tl.math.div_rn(yg, safe[:, :, None])
-    codes = e2m1_encode(q)
-    codes = tl.where(eff[:, :, None] > 0, codes, 0).to(tl.uint8)
-    packed = pack_codes(tl.reshape(codes, (BLOCK_M, BLOCK_K)), BLOCK_M, BLOCK_K)
-    pcols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
-    tl.store(packed_ptr + rows[:, None] * (K // 2) + pcols[None, :], packed, mask=rmask[:, None])
-    scols = pid_k * (BLOCK_K // G) + tl.arange(0, BLOCK_K // G)
-    tl.store(scale_ptr + rows[:, None] * (K // G) + scols[None, :], stored, mask=rmask[:, None])
+    for kt in range(pid_k, K // BLOCK_K, K_PROGRAMS):
+        cols = kt * BLOCK_K + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=rmask[:, None], other=0.0)
+        if ROTATE:
+            y = _block_rotate(x, h, B, BLOCK_M, BLOCK_K, INV_SQRT_B, F32_DOT)
+            if x.dtype == tl.bfloat16:  # the runtime rotates into bf16, then quantizes (as compressed-tensors)
+                y = bf16_round_trip(y, F32_DOT)
+            elif x.dtype == tl.float16:
+                y = y.to(tl.float16).to(tl.float32)
+        else:
+            y = x.to(tl.float32)
+        yg = tl.reshape(y, (BLOCK_M, BLOCK_K // G, G))
+        amax = tl.max(tl.abs(yg), axis=2)
+        if NV:
+            s8 = e4m3_round(tl.minimum(gs * tl.math.div_rn(amax, 6.0), 448.0)).to(tl.float8e4nv)  # exact cast
+            eff = tl.math.div_rn(s8.to(tl.float32), gs)
+            stored = s8.to(tl.uint8, bitcast=True)
+            codes = e2m1_encode(tl.math.div_rn(yg, tl.where(eff > 0, eff, 1.0)[:, :, None]))
+            codes = tl.where(eff[:, :, None] > 0, codes, 0)
+        else:
+            e = mx_exponent(amax, RULE)
+            stored = (e + 127).to(tl.uint8)
+            if GDIV != 1.0:
+                codes = e2m1_encode(tl.math.div_rn(yg, tl.math.div_rn(pow2(e), GDIV)[:, :, None]))
+            else:  # dividing by 2^e is multiplying by 2^-e, exactly
+                codes = e2m1_encode(yg * pow2(-e)[:, :, None])
+        lo, hi = tl.split(tl.reshape(codes, (BLOCK_M, BLOCK_K // 2, 2)))
+        pcols = kt * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+        tl.store(packed_ptr + rows[:, None] * (K // 2) + pcols[None, :], (lo | (hi << 4)).to(tl.uint8),
+                 mask=rmask[:, None])
+        scols = kt * (BLOCK_K // G) + tl.arange(0, BLOCK_K // G)
+        tl.store(scale_ptr + rows[:, None] * (K // G) + scols[None, :], stored.to(scale_ptr.dtype.element_ty,
+                 bitcast=True), mask=rmask[:, None])
 
 
 @triton.jit
@@ -94,7 +107,7 @@ def _rotate_kernel(x_ptr, h_ptr, y_ptr, M, K, stride_xm, B: tl.constexpr, BLOCK_
     cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     rmask = rows < M
     x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=rmask[:, None], other=0.0)
-    y = _block_rotate(x, h_ptr, B, BLOCK_M, BLOCK_K, INV_SQRT_B, F32_DOT)
+    y = _block_rotate(x, _load_h(h_ptr, B), B, BLOCK_M, BLOCK_K, INV_SQRT_B, F32_DOT)
     store_rounded(y_ptr + rows[:, None] * K + cols[None, :], y, rmask[:, None])
 
 
@@ -124,13 +137,24 @@ def _hadamard_pm1(b: int, device) -> torch.Tensor:
     return _H_CACHE[key]
 
 
+def _pick(M: int, K: int, min_k: int, sms: int):
+    """(BLOCK_M, BLOCK_K, K_PROGRAMS, warps): 32 x 128 tiles, 8 programs along K for a prefill (the best of
+    the H100 sweep at M=4096, K 4096 and 14336; BENCHMARKS.md), more when few rows must fill the GPU."""
+    bk = 128 if K % 128 == 0 and min_k <= 128 else min_k
+    k_tiles = K // bk
+    k_programs = min(k_tiles, max(8, triton.cdiv(8 * sms, triton.cdiv(M, 32))))
+    return 32, bk, k_programs, 4
+
+
 def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: str = "spec",
-                    global_scale: torch.Tensor | None = None, block_m: int = 32, out=None):
+                    global_scale: torch.Tensor | None = None, out=None, config=None):
     """(packed codes (M, K/2) uint8, scales (M, K/g)) of Q(x R), R the block-`block` Hadamard (None: no R).
 
     Leading dims of x are flattened. NVFP4 needs its static per-tensor `global_scale`.
+    `config` = (BLOCK_M, BLOCK_K, K_PROGRAMS, warps) overrides the heuristic (benchmarks sweep it).
     """
     from ..formats.scales import FOUR_THIRDS_GLOBAL
+    from .gemm import _sm_count
 
     if not spec.is_fp4:
         raise MrgptqError(f"rotate_quantize: {spec.name} is not an FP4 format")
@@ -143,9 +167,12 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
     b = block or g
     if block is not None and (block & (block - 1) or block < 16 or block > 256):
         raise MrgptqError(f"rotate_quantize: rotation block {block} must be a power of two in 16..256")
-    block_k = max(b, g, 64)
-    if K % block_k:
-        raise MrgptqError(f"rotate_quantize: K={K} must be a multiple of {block_k}")
+    min_k = max(b, g, 64)
+    if K % min_k:
+        raise MrgptqError(f"rotate_quantize: K={K} must be a multiple of {min_k}")
+    bm, bk, kp, warps = config or _pick(M, K, min_k, _sm_count(x.device))
+    if bk % min_k or K % bk:
+        raise MrgptqError(f"rotate_quantize: K tile {bk} must divide K={K} and be a multiple of {min_k}")
     nv = spec.scale_dtype == "e4m3"
     if nv and global_scale is None:
         raise MrgptqError("rotate_quantize: NVFP4 needs the static activation global scale")
@@ -158,10 +185,10 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
     h = _hadamard_pm1(b, x.device) if block is not None else packed  # dummy pointer when not rotating
     gs = global_scale.reshape(1).float().to(x.device) if nv else packed
     gdiv = FOUR_THIRDS_GLOBAL if (not nv and rule == "four-thirds") else 1.0
-    grid = (triton.cdiv(M, block_m), K // block_k)
+    grid = (triton.cdiv(M, bm), kp)
     _rotate_quantize_kernel[grid](
-        x2, h, packed, scales, gs, M, K, x2.stride(0),
-        B=b, G=g, BLOCK_M=block_m, BLOCK_K=block_k, ROTATE=block is not None, NV=nv,
-        RULE=RULE_IDS.get(rule, 0), GDIV=gdiv, INV_SQRT_B=float(b) ** -0.5, F32_DOT=INTERPRET,
+        x2, h, packed, scales, gs, M, K, x2.stride(0), kp,
+        B=b, G=g, BLOCK_M=bm, BLOCK_K=bk, ROTATE=block is not None, NV=nv,
+        RULE=RULE_IDS.get(rule, 0), GDIV=gdiv, INV_SQRT_B=float(b) ** -0.5, F32_DOT=INTERPRET, num_warps=warps,
     )
     return packed.reshape(*x.shape[:-1], K // 2), scales.reshape(*x.shape[:-1], K // g)

@@ -1,0 +1,78 @@
+"""MXFP4 operands as exact E4M3 values with one power-of-two scale per row: W4A4 prefill on FP8 tensor cores.
+
+An MXFP4 element is c * 2^e_g (c an E2M1 value, e_g its group's E8M0 exponent). With e_max the row's largest
+group exponent, c * 2^(e_g - e_max + 6) is an E4M3 number exactly whenever e_g - e_max >= -14 (largest 6 * 2^6
+= 384 <= 448; smallest step 0.5 * 2^-8 = 2^-9, E4M3's subnormal step), so
+
+    A W^T = diag(2^(e_max,a - 6)) (A8 W8^T) diag(2^(e_max,w - 6))
+
+is one FP8 GEMM with per-row and per-column scales (torch._scaled_mm's rowwise scaling, cuBLAS on Hopper).
+A group more than 2^14 below its row's largest is rounded to E4M3's subnormals instead: an error below
+2^-19 of the row's largest element. NVFP4 has no such form: its E4M3 group scales times E2M1 values need up
+to 5 significant bits, E4M3 holds 4, so NVFP4 W4A4 stays on the 16-bit path.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from ..errors import MrgptqError
+from ..formats import FormatSpec
+from .fp4 import pow2
+from .gemm import _operand
+
+
+@triton.jit
+def _fp8_rows_kernel(ptr, sptr, out_ptr, rs_ptr, N, K, R: tl.constexpr, BK: tl.constexpr, G: tl.constexpr,
+                     NG: tl.constexpr):
+    rows = tl.program_id(0) * R + tl.arange(0, R)
+    rmask = rows < N
+    gi = tl.arange(0, NG)
+    s = tl.load(sptr + rows[:, None] * (K // G) + gi[None, :], mask=rmask[:, None] & (gi[None, :] < K // G),
+                other=0)
+    emax = tl.max(s.to(tl.int32), axis=1) - 127
+    tl.store(rs_ptr + rows, pow2(emax) * 0.015625, mask=rmask)  # 2^(e_max - 6), exact down to 2^-133
+    for k0 in range(0, K, BK):
+        vals, e = _operand(ptr, sptr, rows, rmask, k0, K, R, BK, G, False)
+        v8 = vals * pow2(tl.maximum(e - emax[:, None] + 6, -127))  # exact when e - e_max >= -14
+        cols = k0 + tl.arange(0, BK)
+        tl.store(out_ptr + rows[:, None] * K + cols[None, :], v8.to(tl.float8e4nv), mask=rmask[:, None])
+
+
+def fp8_rows(packed: torch.Tensor, scales: torch.Tensor, spec: FormatSpec):
+    """(E4M3 values (R, K), float32 row scales (R,)) with values * scales == formats.dequantize (MXFP4)."""
+    if spec.scale_dtype != "e8m0" or not spec.is_fp4:
+        raise MrgptqError(f"fp8_rows: {spec.name} has no exact E4M3 form (only MXFP4 does)")
+    N, K = packed.shape[0], packed.shape[1] * 2
+    G = spec.group_size
+    bk = 256 if K % 256 == 0 else 64
+    if K % bk:
+        raise MrgptqError(f"fp8_rows: K={K} must be a multiple of 64")
+    out = torch.empty((N, K), dtype=torch.float8_e4m3fn, device=packed.device)
+    rs = torch.empty((N,), dtype=torch.float32, device=packed.device)
+    _fp8_rows_kernel[(triton.cdiv(N, 16),)](packed, scales, out, rs, N, K, R=16, BK=bk, G=G,
+                                            NG=triton.next_power_of_2(K // G))
+    return out, rs
+
+
+def has_fp8_gemm(device) -> bool:
+    """torch._scaled_mm with rowwise scales needs compute capability 8.9 (Ada) or 9.x (Hopper)."""
+    return device.type == "cuda" and _fp8_capable(device.index or 0)
+
+
+@functools.cache
+def _fp8_capable(index: int) -> bool:
+    return hasattr(torch, "_scaled_mm") and torch.cuda.get_device_capability(index) >= (8, 9)
+
+
+def mxfp4_w4a4_matmul(a_packed, a_scales, w_packed, w_scales, spec: FormatSpec, alpha: float = 1.0,
+                      out_dtype=torch.bfloat16) -> torch.Tensor:
+    """alpha * A W^T for MXFP4 A (M, K/2) and W (N, K/2): both operands to E4M3, one FP8 GEMM (cuBLAS)."""
+    a8, ra = fp8_rows(a_packed, a_scales, spec)
+    w8, rw = fp8_rows(w_packed, w_scales, spec)
+    if alpha != 1.0:
+        ra = ra * alpha
+    return torch._scaled_mm(a8, w8.t(), scale_a=ra[:, None], scale_b=rw[None, :], out_dtype=out_dtype)

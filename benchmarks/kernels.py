@@ -170,22 +170,32 @@ def w4a4_rows(shapes, M, dev):
     return rows
 
 
-def quantize_rows(dev, M=4096):
+def activations(dev, M):
+    """Per K of the quantize benchmarks: (K, rotating bf16 inputs (M, K), device-copy bandwidth in B/s)."""
+    for K in (4096, 14336):
+        xs = [torch.randn(M, K, device=dev, dtype=torch.bfloat16) for _ in range(min(copies(M * K * 2), 6))]
+        t_copy = bench(lambda i: xs[i].clone(), len(xs))
+        yield K, xs, 2 * M * K * 2 / t_copy
+
+
+def act_case(fmt, x):
+    """(spec, NVFP4 global scale or None, scale rule, bytes moved by rotate+quantize) for activations x."""
     from mrgptq import formats
+
+    spec = formats.get_spec(fmt)
+    gs = formats.nv_global_scale(x.float()).reshape(1) if fmt == "nvfp4" else None
+    M, K = x.shape
+    return spec, gs, "rounded" if fmt == "mxfp4" else "spec", M * K * 2 + M * K // 2 + M * K // spec.group_size
+
+
+def quantize_rows(dev, M=4096):
     from mrgptq.kernels.quantize import rotate, rotate_quantize
 
     rows = []
-    for K in (4096, 14336):
-        n = copies(M * K * 2)
-        xs = [torch.randn(M, K, device=dev, dtype=torch.bfloat16) for _ in range(min(n, 6))]
-        t_copy = bench(lambda i: xs[i].clone(), len(xs))
-        copy_bw = 2 * M * K * 2 / t_copy
+    for K, xs, copy_bw in activations(dev, M):
         for fmt, block in (("mxfp4", 32), ("mxfp4", 128), ("nvfp4", 16), ("nvfp4", 64)):
-            spec = formats.get_spec(fmt)
-            gs = formats.nv_global_scale(xs[0].float()).reshape(1) if fmt == "nvfp4" else None
-            rule = "rounded" if fmt == "mxfp4" else "spec"
+            spec, gs, rule, nbytes = act_case(fmt, xs[0])
             t = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs), len(xs))
-            nbytes = M * K * 2 + M * K // 2 + M * K // spec.group_size
             rows.append({"kernel": "rotate+quantize", "M": M, "K": K, "format": fmt, "block": block, "us": t * 1e6,
                          "GB/s": nbytes / t / 1e9, "copy_GB/s": copy_bw / 1e9, "of_copy": nbytes / t / copy_bw})
         t = bench(lambda i: rotate(xs[i], 32), len(xs))
@@ -199,32 +209,23 @@ def quantize_sweep(dev, M=4096):
     """(BLOCK_M, BLOCK_K, K_PROGRAMS, warps) of the rotate+quantize kernel: which tile the heuristic should pick."""
     import itertools
 
-    from mrgptq import formats
     from mrgptq.kernels.gemm import _sm_count
     from mrgptq.kernels.quantize import _pick, rotate_quantize
 
     rows = []
-    for K in (4096, 14336):
-        n = copies(M * K * 2)
-        xs = [torch.randn(M, K, device=dev, dtype=torch.bfloat16) for _ in range(min(n, 6))]
-        t_copy = bench(lambda i: xs[i].clone(), len(xs))
+    for K, xs, copy_bw in activations(dev, M):
         for fmt, block in (("mxfp4", 32), ("nvfp4", 16)):
-            spec = formats.get_spec(fmt)
-            gs = formats.nv_global_scale(xs[0].float()).reshape(1) if fmt == "nvfp4" else None
-            rule = "rounded" if fmt == "mxfp4" else "spec"
-            nbytes = M * K * 2 + M * K // 2 + M * K // spec.group_size
+            spec, gs, rule, nbytes = act_case(fmt, xs[0])
             times = {}
             for bm, bk, kp, warps in itertools.product((32, 64), (64, 128, 256), (1, 2, 4, 8, 1000), (4, 8)):
-                kp = min(kp, K // bk)
-                cfg = (bm, bk, kp, warps)
-                if cfg in times:
-                    continue
-                times[cfg] = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs, config=cfg), len(xs))
+                cfg = (bm, bk, min(kp, K // bk), warps)
+                if cfg not in times:
+                    times[cfg] = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs, config=cfg), len(xs))
             best = min(times, key=times.get)
             heur = _pick(M, K, max(block, spec.group_size, 64), _sm_count(xs[0].device))
             t_h = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs), len(xs))
             rows.append({"kernel": "quantize sweep", "M": M, "K": K, "format": fmt, "block": block,
-                         "best": best, "best_us": times[best] * 1e6, "best_of_copy": nbytes / times[best] * t_copy / (4 * M * K),
+                         "best": best, "best_us": times[best] * 1e6, "best_of_copy": nbytes / times[best] / copy_bw,
                          "heuristic": heur, "heuristic_us": t_h * 1e6,
                          "all": {str(k): v * 1e6 for k, v in times.items()}})
     return rows

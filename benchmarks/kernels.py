@@ -58,6 +58,12 @@ def copies(nbytes):
     return max(2, math.ceil(4 * L2_BYTES / max(nbytes, 1)))
 
 
+def bf16_time(x, N, K):
+    """Microseconds of cuBLAS x W^T for a bf16 (N, K) weight, rotating copies past L2."""
+    wb = [torch.randn(N, K, device=x.device, dtype=torch.bfloat16) for _ in range(min(copies(N * K * 2), 8))]
+    return bench(lambda i: x @ wb[i].T, len(wb)) * 1e6
+
+
 def packed_weights(fmt, N, K, n, dev):
     from mrgptq import formats
 
@@ -70,12 +76,18 @@ def packed_weights(fmt, N, K, n, dev):
     return q, bufs, alpha, formats.dequantize(q).to(torch.bfloat16)
 
 
-def w4a16_rows(shapes, ms, dev):
-    """Decode GEMV (CUDA cores) and the tensor-core GEMM kernel, each against cuBLAS bf16 at the same M."""
+def w4a16_rows(shapes, ms, dev, names=None):
+    """The W4A16 kernels (tensor-core decode GEMM `tc`, CUDA-core GEMV, tile GEMM) against cuBLAS bf16, same M."""
     from mrgptq.kernels.gemm import fp4_matmul
     from mrgptq.kernels.gemv import fp4_gemv
+    from mrgptq.kernels.tcgemv import tc_gemv, tc_pack
 
-    kernels = {"gemv": fp4_gemv, "gemv plain-decode": lambda *a: fp4_gemv(*a, lut=False), "gemm": fp4_matmul}
+    def kernels(x, q, bufs, tcb, alpha):
+        return {"tc": lambda i: tc_gemv(x, tcb[i], alpha),
+                "gemv": lambda i: fp4_gemv(x, *bufs[i], q.spec, alpha),
+                "gemv plain-decode": lambda i: fp4_gemv(x, *bufs[i], q.spec, alpha, lut=False),
+                "gemm": lambda i: fp4_matmul(x, *bufs[i], q.spec, alpha)}
+
     rows = []
     for name, (N, K) in shapes.items():
         n_w = copies(N * K // 2)
@@ -83,14 +95,17 @@ def w4a16_rows(shapes, ms, dev):
         wb = [torch.randn(N, K, device=dev, dtype=torch.bfloat16) for _ in range(min(n_b, 8))]
         for fmt in ("mxfp4", "nvfp4"):
             q, bufs, alpha, wdq = packed_weights(fmt, N, K, n_w, dev)
+            tcb = [tc_pack(*b, q.spec) for b in bufs]
             for M in ms:
                 x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
                 t_bf16 = bench(lambda i: x @ wb[i % len(wb)].T, len(wb))
                 ref = x.float() @ wdq.float().T
-                for kname, fn in kernels.items():
-                    y = fn(x, *bufs[0], q.spec, alpha)
+                for kname, fn in kernels(x, q, bufs, tcb, alpha).items():
+                    if names and kname not in names:
+                        continue
+                    y = fn(0)
                     rel = ((y.float() - ref).norm() / ref.norm()).item()
-                    t = bench(lambda i: fn(x, *bufs[i], q.spec, alpha), n_w)
+                    t = bench(fn, n_w)
                     nbytes = N * K // 2 + bufs[0][1].numel() + 2 * M * (K + N)
                     rows.append({"kernel": f"W4A16 {kname}", "shape": name, "N": N, "K": K, "M": M, "format": fmt,
                                  "us": t * 1e6, "bf16_us": t_bf16 * 1e6, "speedup": t_bf16 / t,
@@ -237,6 +252,8 @@ def main():
     p.add_argument("--only", choices=("quantize", "w4a16", "w4a4", "sweep", "qsweep"), nargs="*")
     p.add_argument("--no-70b", action="store_true")
     p.add_argument("--ms", default="1,4,8,16,32", help="W4A16 rows (batch sizes) to time")
+    p.add_argument("--w4a16-kernels", default="tc,gemv,gemv plain-decode,gemm",
+                   help="comma-separated W4A16 kernels to time (tc, gemv, gemv plain-decode, gemm)")
     p.add_argument("--sweep-formats", default="mxfp4,nvfp4")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="time each kernel inside a CUDA graph (GPU time only, no Python launch cost)")
@@ -261,12 +278,12 @@ def main():
                   f"({100 * r['best_of_copy']:.0f}% of copy); heuristic {r['heuristic']} {r['heuristic_us']:.1f} us")
         rows += new
     if "w4a16" in only:
-        new = w4a16_rows(shapes, tuple(int(m) for m in a.ms.split(",")), dev)
+        new = w4a16_rows(shapes, tuple(int(m) for m in a.ms.split(",")), dev, a.w4a16_kernels.split(","))
         for r in new:
             print(f"{r['kernel']} {r['format']} {r['shape']:12s} M={r['M']:<4d} {r['us']:8.1f} us  bf16 "
                   f"{r['bf16_us']:8.1f} us  x{r['speedup']:.2f}  {r['GB/s']:6.0f} GB/s  err {r['rel_err']:.1e}")
         rows += new
-        for kname in ("W4A16 gemv", "W4A16 gemv plain-decode", "W4A16 gemm"):
+        for kname in ("W4A16 tc", "W4A16 gemv", "W4A16 gemv plain-decode", "W4A16 gemm"):
             for fmt in ("mxfp4", "nvfp4"):
                 s = [r["speedup"] for r in new if r["kernel"] == kname and r["format"] == fmt and r["M"] == 1
                      and r["shape"].startswith("8B")]

@@ -19,6 +19,7 @@ from mrgptq import formats
 from mrgptq.kernels.gemm import fp4_matmul
 from mrgptq.kernels.gemv import e2m1x8, fp4_gemv
 from mrgptq.kernels.quantize import rotate, rotate_quantize
+from mrgptq.kernels.tcgemv import tc_gemv, tc_pack
 from mrgptq.transforms import Rotation
 
 GPU = torch.cuda.is_available()
@@ -115,6 +116,36 @@ def test_w4a16_gemv(fmt, M):
         _close(fp4_gemv(x, wp, ws, q.spec, _alpha(q), out=poisoned((M, N), torch.bfloat16)), ref)
         _close(fp4_gemv(x, wp, ws, q.spec, _alpha(q), config=(8, 16, 2, 4, 1)), ref)
         _close(fp4_gemv(x, wp, ws, q.spec, _alpha(q), config=(16, 32, 1, 4, 2), lut=False), ref)
+
+
+TC_SHAPES = [(6144, 4096), (4096, 14336), (100, 512)] if GPU else [(100, 256), (64, 384)]
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+@pytest.mark.parametrize("M", [1, 5, 20, 70])
+def test_w4a16_tensor_core_decode_gemm(fmt, M):
+    """Weights re-laid for the wgmma A fragment, decoded by shifts and one bf16x2 scale multiply: heuristic
+    tiles, forced K splits (the last program sums the partials) and 128-wide k steps; the interpreter runs the
+    plain-integer decode. Partial tiles (N = 100) and padded token columns are covered."""
+    for i, (N, K) in enumerate(TC_SHAPES):
+        q, wp, ws, wdq = _weights(fmt, N, K, seed=20 + i)
+        tw = tc_pack(wp, ws, q.spec)
+        x = student_t((M, K), seed=M + 3).to(torch.bfloat16).to(DEV)
+        ref = x.float() @ wdq.T
+        mp = max(16, 1 << (M - 1).bit_length())
+        for cfg in (None, (64, 16, mp, 3, 4, 2), (128, 16, mp, 1, 4, 1), (128, 32, mp, 2, 4, 1)):
+            if cfg and K % (cfg[1] * 8):
+                continue
+            _close(tc_gemv(x, tw, _alpha(q), config=cfg, out=poisoned((M, N), torch.bfloat16)), ref)
+
+
+def test_tc_pack_refuses_what_it_cannot_hold():
+    q, wp, ws, _ = _weights("mxfp4", 64, 256, seed=0)
+    big = ws.clone()
+    big[0, 0] = 149  # a group scale of 2^22: outside the re-encoded exponent range
+    assert tc_pack(wp, big, q.spec) is None
+    q2, wp2, ws2, _ = _weights("mxfp4", 64, 96, seed=0)  # K not a multiple of the 128-wide layout chunk
+    assert tc_pack(wp2, ws2, q2.spec) is None
 
 
 @triton.jit
@@ -233,6 +264,66 @@ def test_quantlinear_dispatch_matches_pytorch_path(w4a4, fmt, tokens):
     os.environ["MRGPTQ_KERNELS"] = "1"
     y = m(x).float()
     assert ((y - ref).norm() / ref.norm()).item() < 1e-2
+
+
+def _siblings(fmt, w4a4, sizes=(512, 128, 128)):
+    from mrgptq.algorithms import ActQuantizer
+    from mrgptq.runtime import QuantLinear
+
+    spec = formats.get_spec(fmt)
+    rot = Rotation(1024, "hadamard", 32)
+    x = student_t((3, 2, 1024), seed=5).to(torch.bfloat16).to(DEV)
+    act = None
+    if w4a4:
+        act = ActQuantizer(spec, rot, rule="spec")
+        act.observe(x)
+        act.finalize()
+    parent = torch.nn.Module()
+    for i, (name, n) in enumerate(zip(("q_proj", "k_proj", "v_proj"), sizes)):
+        q = formats.quantize(rot.fuse(student_t((n, 1024), seed=30 + i) * 0.02), spec)
+        bias = student_t((n,), seed=40 + i) * 0.1
+        setattr(parent, name, QuantLinear.from_quantized(q, bias, rot, act, dtype=torch.bfloat16).to(DEV))
+    return parent, x
+
+
+def test_sibling_group_serves_each_member_once_per_input():
+    """One fused product per input; each member gets its own slice; a new input (or a member asking twice)
+    recomputes; the group drops its reference to the input once every member was served."""
+    from mrgptq.kernels.siblings import Siblings
+
+    a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 2)
+    for m, n in ((a, 3), (b, 2)):
+        m.out_features = n
+    g = Siblings([a, b])
+    calls = []
+
+    def compute(x):
+        calls.append(x)
+        return torch.arange(5.0) + x
+
+    x1, x2 = torch.tensor(10.0), torch.tensor(20.0)
+    assert torch.equal(g.output(a, x1, lambda: compute(x1)), torch.tensor([10.0, 11, 12]))
+    assert torch.equal(g.output(b, x1, lambda: compute(x1)), torch.tensor([13.0, 14]))
+    assert len(calls) == 1 and g.last is None
+    assert torch.equal(g.output(b, x2, lambda: compute(x2)), torch.tensor([23.0, 24]))
+    assert torch.equal(g.output(b, x2, lambda: compute(x2)), torch.tensor([23.0, 24]))
+    assert len(calls) == 3
+
+
+@pytest.mark.skipif(not GPU, reason="sibling fusion is part of the CUDA dispatch")
+@pytest.mark.parametrize("w4a4", [False, True])
+def test_fused_siblings_match_separate_linears(w4a4):
+    from mrgptq.kernels.siblings import fuse_siblings
+
+    parent, x = _siblings("mxfp4", w4a4)
+    os.environ["MRGPTQ_KERNELS"] = "0"
+    refs = [getattr(parent, n)(x).float() for n in ("q_proj", "k_proj", "v_proj")]
+    os.environ["MRGPTQ_KERNELS"] = "1"
+    assert fuse_siblings(parent) == 1
+    ys = [getattr(parent, n)(x).float() for n in ("q_proj", "k_proj", "v_proj")]
+    for y, ref in zip(ys, refs):
+        assert y.shape == ref.shape
+        assert ((y - ref).norm() / ref.norm()).item() < 1e-2
 
 
 @pytest.mark.parametrize("fmt,scales,act_order", [("mxfp4", "static", False), ("nvfp4", "dynamic", False),

@@ -141,6 +141,9 @@ def measure(model, batches=(1, 8, 32), prompt_len: int = 128, new_tokens: int = 
     dev = next(model.parameters()).device
     cuda = dev.type == "cuda"
     if cuda:
+        from ..kernels.siblings import fuse_siblings
+
+        fuse_siblings(model)  # as runtime.load does: q/k/v and gate/up decode as one product
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     res = {"decode": {}, "prefill": {}}

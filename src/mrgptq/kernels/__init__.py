@@ -26,15 +26,28 @@ def available(x: torch.Tensor | None = None) -> bool:
     return x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
 
 
-GEMV_ROWS = 2  # up to this many rows (decode): the CUDA-core GEMV (it re-reads the weight per row; BENCHMARKS.md)
+TC_ROWS = 128  # up to this many rows: the tensor-core decode GEMM (tcgemv.py) where the weight fits its layout
+GEMV_ROWS = 2  # else up to this many rows (decode): the CUDA-core GEMV (it re-reads the weight per row)
 DENSE_ROWS = 64  # from this many rows (prefill) on: dequantize, then a 16-bit cuBLAS GEMM
+
+
+def tc_weight(module):
+    """The module's weight in the tensor-core decode layout, built once on first use (None if it does not fit)."""
+    from .tcgemv import tc_pack
+
+    tw = getattr(module, "_tc", None)
+    if tw is None or (tw and tw.words.device != module.weight_packed.device):
+        tw = tc_pack(module.weight_packed, module.weight_scale, module.spec) or False
+        module._tc = tw
+    return tw or None
 
 
 def fp4_linear(x: torch.Tensor, module) -> torch.Tensor:
     """QuantLinear's forward on the GPU: rotate (+ quantize) the input, then the packed-weight product.
 
-    Decode (<= GEMV_ROWS rows) runs the CUDA-core GEMV on 4-bit weights (W4A4 activations are dequantized
-    first: a few rows, and their values are then exact); up to DENSE_ROWS the tensor-core FP4 GEMM; prefill
+    Up to TC_ROWS rows (decode, small batches) the tensor-core decode GEMM on the weight re-laid once
+    (`tcgemv.py`; W4A4 activations are dequantized first: few rows, and their values are then exact); where the
+    weight does not fit that layout, the CUDA-core GEMV up to GEMV_ROWS, then the FP4 tile GEMM; prefill
     dequantizes the operands in one pass each (bit-identical to formats.dequantize) and uses cuBLAS, which on
     Hopper beats decoding inside the GEMM loop (BENCHMARKS.md); MXFP4 W4A4 prefill turns both operands into
     exact E4M3 with per-row scales and runs one FP8 cuBLAS GEMM (`fp8.py`)."""
@@ -42,18 +55,38 @@ def fp4_linear(x: torch.Tensor, module) -> torch.Tensor:
     from .gemm import dequantize, fp4_matmul
     from .gemv import fp4_gemv
     from .quantize import rotate, rotate_quantize
+    from .tcgemv import tc_gemv
 
     lead, K = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, K)
     rows = x2.shape[0]
     rot = module.rotation
     block = None if rot is None or rot.is_identity else rot.size
-    if module.act_spec is not None:  # W4A4: FP4 activations (codes + scales)
-        a, a_scales = rotate_quantize(x2, module.act_spec, block, module.act_rule, module.input_global_scale)
-    else:
-        a, a_scales = (x2 if block is None else rotate(x2, block)), None
     gw, ga = module.global_divisors()
-    if rows <= GEMV_ROWS:
+
+    def operands():
+        if module.act_spec is not None:  # W4A4: FP4 activations (codes + scales)
+            return rotate_quantize(x2, module.act_spec, block, module.act_rule, module.input_global_scale)
+        return (x2 if block is None else rotate(x2, block)), None
+
+    group = getattr(module, "_siblings", None) if rows <= TC_ROWS else None
+    if group is not None and group.weight() is not None:  # q/k/v or gate/up: one product, this module's slice
+
+        def fused():
+            a_, s_ = operands()
+            if s_ is not None:
+                a_ = dequantize(a_, s_, module.act_spec, ga, torch.bfloat16)
+            y_ = tc_gemv(a_, group.weight(), 1.0 / gw, out_dtype=x.dtype)
+            return y_ if group.bias is None else y_ + group.bias.to(y_.dtype)
+
+        return group.output(module, x, fused).reshape(*lead, -1)
+    a, a_scales = operands()
+    tw = tc_weight(module) if rows <= TC_ROWS else None
+    if tw is not None:
+        if a_scales is not None:
+            a = dequantize(a, a_scales, module.act_spec, ga, torch.bfloat16)
+        y = tc_gemv(a, tw, 1.0 / gw, out_dtype=x.dtype)
+    elif rows <= GEMV_ROWS:
         if a_scales is not None:
             a = dequantize(a, a_scales, module.act_spec, ga, torch.float32)
         y = fp4_gemv(a, module.weight_packed, module.weight_scale, module.spec, 1.0 / gw, out_dtype=x.dtype)

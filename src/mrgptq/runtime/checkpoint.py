@@ -200,6 +200,9 @@ def load(path: str | Path, device="cpu", dtype: torch.dtype | None = None):
     if getattr(hf_cfg, "tie_word_embeddings", False):
         model.tie_weights()
     model.eval().to(device)
+    from ..kernels.siblings import fuse_siblings
+
+    fuse_siblings(model)  # q/k/v and gate/up decode as one product on the GPU (no effect on the CPU path)
     tok = None
     try:
         tok = AutoTokenizer.from_pretrained(p)

@@ -41,6 +41,8 @@ class QuantLinear(nn.Module):
         self.compute_dtype = dtype
         self._w_cache = None
         self._globals = None
+        self._tc = None  # the weight in the GPU decode layout (kernels.tc_weight), built on first use
+        self._siblings = None  # kernels.siblings group (q/k/v, gate/up) sharing one decode product
 
     @classmethod
     def from_quantized(cls, q: QuantizedTensor, bias: torch.Tensor | None, rotation: Rotation | None,
@@ -73,7 +75,9 @@ class QuantLinear(nn.Module):
         return c
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._w_cache = self._globals = None
+        self._w_cache = self._globals = self._tc = None
+        if self._siblings is not None:
+            self._siblings.tw = None
         return super()._load_from_state_dict(*args, **kwargs)
 
     def act_quantizer(self) -> ActQuantizer | None:

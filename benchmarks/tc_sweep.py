@@ -1,0 +1,58 @@
+"""Tile sweep of the tensor-core decode GEMM (kernels/tcgemv.py) at the Llama-3-8B linears: which
+(BN, BW, MP, SPLIT_K, warps, PF) the heuristic should pick. Checks every config against the dequantized reference,
+times it from a CUDA graph (rotating weight copies), prints the best three and the heuristic's pick.
+
+    python benchmarks/tc_sweep.py [--m 1] [--json out/tc_sweep.json]
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import kernels as kb
+
+from mrgptq.kernels.gemm import _sm_count
+from mrgptq.kernels.tcgemv import _pick, tc_gemv, tc_pack
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--m", type=int, default=1, help="rows of x (tokens)")
+ap.add_argument("--json", default="out/tc_sweep.json")
+args = ap.parse_args()
+kb.GRAPHS = True
+rows = []
+M = args.m
+for name, (N, K) in list(kb.SHAPES.items())[:4]:
+    n_w = kb.copies(N * K // 2)
+    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+    t_bf16 = kb.bf16_time(x, N, K)
+    for fmt in ("mxfp4", "nvfp4"):
+        q, bufs, alpha, wdq = kb.packed_weights(fmt, N, K, n_w, "cuda")
+        tcb = [tc_pack(*b, q.spec) for b in bufs]
+        res = {}
+        for bn, bw, pf in ((64, 16, 1), (64, 16, 2), (128, 16, 2)):
+            tiles = -(-N // bn)
+            for split in (1, 2, 4, 8, 16):
+                if tiles * split > 8 * 132 or (tiles * split) < 32 or split * 2 > K // (bw * 8):
+                    continue
+                cfg = (bn, bw, 16, split, 4, pf)
+                try:
+                    y = tc_gemv(x, tcb[0], alpha, config=cfg).float()
+                    ref = x.float() @ wdq.float().T
+                    rel = ((y - ref).norm() / ref.norm()).item()
+                    if not rel < 1e-2:
+                        print("WRONG", cfg, rel, flush=True)
+                    res[cfg] = kb.bench(lambda i: tc_gemv(x, tcb[i], alpha, config=cfg), n_w) * 1e6
+                except Exception as e:
+                    print("fail", cfg, repr(e)[:300], flush=True)
+        best = sorted(res, key=res.get)[:3]
+        h = _pick(M, N, K, _sm_count(x.device))
+        print(f"{name:12s} {fmt} M={M} bf16 {t_bf16:.1f}us best " + "; ".join(f"{c} {res[c]:.1f}us x{t_bf16/res[c]:.2f}" for c in best)
+              + f" | heur {h} {res.get(h, float('nan')):.1f}", flush=True)
+        rows.append(dict(shape=name, fmt=fmt, M=M, bf16_us=t_bf16, all={str(k): v for k, v in res.items()}))
+Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "M": M, "rows": rows}, indent=1))
+print(f"wrote {args.json}")

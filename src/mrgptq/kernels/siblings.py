@@ -1,0 +1,78 @@
+"""Linears that read the same input (q/k/v, gate/up) run as one: one rotation, one decode GEMM, one launch.
+
+Hugging Face calls q_proj, k_proj and v_proj one after another on the same tensor. At decode sizes each call is
+a few microseconds of fixed cost (launch, ramp-up, the rotation kernel), so `fuse_siblings` ties such modules
+into a group: the first call computes every member's output with the concatenated weight (built once in the
+decode layout) and the others return their slice of it. Only the GPU decode path (<= TC_ROWS rows) uses the
+group; the CPU path and prefill are unchanged. Members must agree on format, rotation, activation quantizer and
+per-tensor scales, so the fused product is exactly the members' products side by side.
+"""
+from __future__ import annotations
+
+import torch
+
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+class Siblings:
+    def __init__(self, members):
+        self.members = members
+        self.sizes = [m.out_features for m in members]
+        self.tw = None  # the concatenated weight in the decode layout, built on first use
+        self.bias = None
+        self.last = None  # (input, outputs, members still to be served)
+
+    def weight(self):
+        from .tcgemv import tc_pack
+
+        ms = self.members
+        if self.tw is None or (self.tw and self.tw.words.device != ms[0].weight_packed.device):
+            packed = torch.cat([m.weight_packed for m in ms])
+            scales = torch.cat([m.weight_scale.view(torch.uint8) for m in ms]).view(ms[0].weight_scale.dtype)
+            self.tw = tc_pack(packed, scales, ms[0].spec) or False
+            if ms[0].bias is not None:
+                self.bias = torch.cat([m.bias for m in ms])
+        return self.tw or None
+
+    def output(self, module, x, compute):
+        """module's slice of the group's product for input x; `compute()` runs the fused product."""
+        last = self.last
+        if last is None or last[0] is not x or module not in last[2]:
+            y = compute()
+            last = self.last = (x, torch.split(y, self.sizes, dim=-1), set(self.members))
+        last[2].discard(module)
+        out = last[1][self.members.index(module)]
+        if not last[2]:
+            self.last = None  # every member served: drop the reference to the input
+        return out
+
+
+def _compatible(ms) -> bool:
+    a = ms[0]
+    return all(m.in_features == a.in_features and m.spec == a.spec and m.act_spec == a.act_spec
+               and m.act_rule == a.act_rule and (m.bias is None) == (a.bias is None)
+               and m.global_divisors() == a.global_divisors() and _same_rotation(m.rotation, a.rotation)
+               for m in ms[1:])
+
+
+def _same_rotation(r1, r2) -> bool:
+    if r1 is None or r2 is None:
+        return r1 is r2
+    return (r1.kind, r1.size, r1.is_identity, bool(r1.signs)) == (r2.kind, r2.size, r2.is_identity, bool(r2.signs))
+
+
+def fuse_siblings(model) -> int:
+    """Group QuantLinear siblings that share an input; returns how many groups were formed."""
+    from ..runtime.qlinear import QuantLinear
+
+    n = 0
+    for parent in model.modules():
+        for names in SIBLINGS:
+            ms = [getattr(parent, k, None) for k in names]
+            if all(isinstance(m, QuantLinear) for m in ms) and _compatible(ms) and not any(
+                    m.rotation is not None and m.rotation.signs for m in ms):
+                g = Siblings(ms)
+                for m in ms:
+                    m._siblings = g
+                n += 1
+    return n

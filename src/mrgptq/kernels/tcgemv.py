@@ -1,0 +1,328 @@
+"""Decode GEMM on tensor cores: y (M, N) = alpha x W^T for M <= 128 rows of x and packed FP4 weights W.
+
+At batch 1 the work is reading W (4.25 bits a weight) and turning codes into numbers; the multiply-adds are
+free on tensor cores if the decoded weights can feed them straight from registers. So the operands swap:
+W is the MMA's A operand (64 weight rows x 16 k per wgmma, from registers), x^T the B operand (k x 16..128
+tokens, from shared memory; padding tokens are zeros). Three choices make the decode cheap:
+
+1. Layout. `tc_pack` reorders each row's codes once, at load time, so that the 32-bit word a thread loads holds
+   exactly the 8 values that thread owns in Hopper's wgmma A-operand fragment: within each 128-wide k chunk,
+   word u = 4t + v holds k = 32v + 8m + 2t + b (m = 0..3, b = 0..1). Loads, decode and MMA then meet in one
+   register layout: no shared-memory shuffle of decoded values. Words are stored in 4 KB bricks (64 rows x 128
+   k, row block-major), so every load is whole contiguous kilobytes (+35% on gate_up against row-major).
+2. Bits. Each bf16 pair (k, k+1) is two shifts and masks of the word: a magnitude code c placed at bits 6..8
+   of a bf16 is the number c_value * 2^-126 (E2M1's subnormal 0.5 included), the sign goes to bit 15. Per
+   half-word: pair 0 magnitude bits 0-2 and sign bit 9, pair 1 3-5 / 12, pair 2 6-8 / 10, pair 3 13-15 / 11;
+   pairs 0 and 1 are one shift and one mask each, 2 and 3 two shifts, a mask and a lop3. ~1.4 instructions
+   per code.
+3. Scales. One bf16x2 multiply per pair applies the group scale and undoes the 2^-126: the stored scale byte
+   is re-encoded at load time so that (byte * 0x00800080) (MXFP4: exponent e + 106) or (byte * 0x00100010 +
+   0x76007600) (NVFP4: E4M3 as a bf16 with 3 mantissa bits) is the bf16x2 scale times 2^126 * 2^D. Every
+   product is exact (a 2-bit code times a 4-bit scale fits bf16's 8 bits); alpha absorbs 2^-D (D = -20 MXFP4,
+   -7 NVFP4, which keeps products far from bf16's and fp32's subnormals).
+
+Few weight tiles (N = 4096 has 64) would leave SMs idle, so K splits across programs; the last program of a
+tile to finish (an atomic counter that resets itself) sums the fp32 partials and stores y: no zeroed buffer,
+no extra launch, CUDA-graph safe. The CPU interpreter runs the same kernel with the decode in plain integer and
+float32 ops (inline PTX needs a GPU).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ..errors import MrgptqError
+from ..formats import FormatSpec
+from .fp4 import INTERPRET, store_rounded
+
+CHUNK = 128  # k per layout chunk (16 words): the packing is defined per chunk
+MX_SHIFT, NV_SHIFT = 20, 7  # -D: products are computed 2^D times too small, alpha multiplies by 2^-D
+MX_EXP_MAX = 148  # MXFP4 exponents (biased) the re-encoding keeps exact: e + 106 <= 254
+
+# $0..$7: the 8 bf16 values of word $8 in (m, b) order; pairs 0, 1 times bf16x2 $9, pairs 2, 3 times $10.
+_DECODE_PTX = tl.constexpr("""{
+.reg .b32 a, b, c, d;
+shl.b32 a, $8, 6;
+and.b32 a, a, 0x81C081C0;
+mul.rn.bf16x2 a, a, $9;
+mov.b32 {$0, $1}, a;
+shl.b32 b, $8, 3;
+and.b32 b, b, 0x81C081C0;
+mul.rn.bf16x2 b, b, $9;
+mov.b32 {$2, $3}, b;
+shl.b32 c, $8, 5;
+and.b32 c, c, 0x80008000;
+lop3.b32 c, $8, 0x01C001C0, c, 0xEA;
+mul.rn.bf16x2 c, c, $10;
+mov.b32 {$4, $5}, c;
+shl.b32 d, $8, 4;
+and.b32 d, d, 0x80008000;
+shr.b32 a, $8, 7;
+lop3.b32 d, a, 0x01C001C0, d, 0xEA;
+mul.rn.bf16x2 d, d, $10;
+mov.b32 {$6, $7}, d;
+}""")
+
+
+@triton.jit
+def _pair_bits(w):
+    """The four bf16x2 bit patterns (unscaled, 2^-126 units) of words w: the PTX above in Triton ops."""
+    p0 = (w << 6) & -2118090304  # 0x81C081C0
+    p1 = (w << 3) & -2118090304
+    p2 = (w & 0x01C001C0) | ((w << 5) & -2147450880)  # 0x80008000
+    p3 = ((w >> 7) & 0x01C001C0) | ((w << 4) & -2147450880)
+    return p0, p1, p2, p3
+
+
+@triton.jit
+def _halves(p, s):
+    """float32 (low, high) of bf16x2 bits p times the bf16x2 scale bits s (float32 math, exact)."""
+    sf = (s << 16).to(tl.float32, bitcast=True)
+    return (p << 16).to(tl.float32, bitcast=True) * sf, (p & -65536).to(tl.float32, bitcast=True) * sf
+
+
+@triton.jit
+def _decode8(w, sa, sb, LUT: tl.constexpr):
+    if LUT:
+        return tl.inline_asm_elementwise(_DECODE_PTX, "=h,=h,=h,=h,=h,=h,=h,=h,r,r,r", [w, sa, sb],
+                                         dtype=(tl.bfloat16,) * 8, is_pure=True, pack=1)
+    else:
+        p0, p1, p2, p3 = _pair_bits(w)
+        v0, v1 = _halves(p0, sa)
+        v2, v3 = _halves(p1, sa)
+        v4, v5 = _halves(p2, sb)
+        v6, v7 = _halves(p3, sb)
+        return v0, v1, v2, v3, v4, v5, v6, v7
+
+
+@triton.jit
+def _stack4(a, b, c, d):
+    """(..., 2, 2) with index 2i + j -> a, b, c, d."""
+    return tl.join(tl.join(a, c), tl.join(b, d))
+
+
+@triton.jit
+def _fetch(w_rows, s_rows, x_cols, t, t1, rn, nmask, rm, mmask, R: tl.constexpr, BK: tl.constexpr):
+    """Step t's weight words, scale entries and x^T tile; nothing is read past the program's last step."""
+    wm = (nmask & (rn * 0 + t < t1))[:, None]  # (the interpreter wants tensor & tensor masks)
+    xm = (mmask & (rm * 0 + t < t1))[None, :]
+    w = tl.load(w_rows + t * (R * 1024), mask=wm, other=0)
+    s = tl.load(s_rows + t * (R * 256), mask=wm, other=0)
+    return w, s, tl.load(x_cols + t * BK, mask=xm, other=0.0)
+
+
+@triton.jit
+def _step(acc, w, s, xt, BN: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, NV: tl.constexpr,
+          LUT: tl.constexpr):
+    """acc += decode(w, s) x^T: decode in the wgmma fragment layout, one dot."""
+    REP: tl.constexpr = BN // 64
+    si = s.to(tl.int32)
+    if NV:  # two E4M3 groups per word: low byte for pairs 0-1, high byte for pairs 2-3
+        sa = (si & 0xFF) * 0x00100010 + 0x76007600
+        sb = ((si >> 8) & 0xFF) * 0x00100010 + 0x76007600
+    else:
+        sa = (si & 0xFF) * 0x00800080
+        sb = sa
+    o0, o1, o2, o3, o4, o5, o6, o7 = _decode8(w, sa, sb, LUT)  # value (m, b) is o_{2m+b}
+    a = tl.join(_stack4(o0, o2, o4, o6), _stack4(o1, o3, o5, o7))  # (BN, BW, m, b)
+    a = tl.reshape(a, (REP, 2, 4, 8, R, 4, 4, 4, 2))  # rows (j, i, w, l), words (r, t, v), (m, b)
+    a = tl.permute(a, (0, 2, 1, 3, 4, 6, 7, 5, 8))  # rows (j, w, i, l) as wgmma's, k = (r, v, m, t, b)
+    a = tl.reshape(a, (BN, BK))
+    if LUT:
+        return tl.dot(a, xt, acc)
+    else:
+        return tl.dot(a, xt.to(tl.float32), acc, input_precision="ieee")
+
+
+@triton.jit
+def _tc_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, K, stride_xm, stride_ym,
+                    split, BN: tl.constexpr, BW: tl.constexpr, MP: tl.constexpr, PF: tl.constexpr,
+                    SPLIT: tl.constexpr, NV: tl.constexpr, LUT: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    BK: tl.constexpr = BW * 8
+    R: tl.constexpr = BW // 16
+    rn = pid_n * BN + tl.arange(0, BN)
+    nmask = rn < tl.cdiv(N, 64) * 64  # rows are padded to whole 64-row blocks
+    rm = pid_m * MP + tl.arange(0, MP)
+    mmask = rm < M
+    steps = K // BK
+    per = tl.cdiv(steps, split)
+    t0 = pid_k * per
+    t1 = tl.minimum(t0 + per, steps)
+    wi = tl.arange(0, BW)
+    # bricks of 64 rows x 128 k (16 words, 4 KB) stored whole, row block-major: each step reads contiguous KBs
+    brick = (rn // 64) * (K // 128) * 64 + rn % 64
+    w_rows = w_ptr + brick[:, None] * 16 + ((wi // 16) * 1024 + wi % 16)[None, :]
+    # scales: per brick row 4 entries (word 4t + v reads entry v: MXFP4 byte, NVFP4 int16 pair)
+    s_rows = s_ptr + brick[:, None] * 4 + ((wi // 16) * 256 + wi % 4)[None, :]
+    x_cols = x_ptr + rm[None, :] * stride_xm + tl.arange(0, BK)[:, None]
+    # prefetch by hand, PF steps ahead (num_stages=1): Triton's software pipeline would split the dot into
+    # k16 pieces with a wait between each, which makes ptxas serialize every wgmma
+    acc = tl.zeros((BN, MP), dtype=tl.float32)
+    w, s, xt = _fetch(w_rows, s_rows, x_cols, t0, t1, rn, nmask, rm, mmask, R, BK)
+    if PF == 2:  # two buffers in fixed registers, two steps per iteration (no register rotation)
+        w2, s2, x2 = _fetch(w_rows, s_rows, x_cols, t0 + 1, t1, rn, nmask, rm, mmask, R, BK)
+        for t in range(t0, t1, 2):
+            acc = _step(acc, w, s, xt, BN, BK, R, NV, LUT)
+            w, s, xt = _fetch(w_rows, s_rows, x_cols, t + 2, t1, rn, nmask, rm, mmask, R, BK)
+            acc = _step(acc, w2, s2, x2, BN, BK, R, NV, LUT)  # past the end: masked zeros, adds nothing
+            w2, s2, x2 = _fetch(w_rows, s_rows, x_cols, t + 3, t1, rn, nmask, rm, mmask, R, BK)
+    else:
+        for t in range(t0, t1):
+            w2, s2, x2 = _fetch(w_rows, s_rows, x_cols, t + 1, t1, rn, nmask, rm, mmask, R, BK)
+            acc = _step(acc, w, s, xt, BN, BK, R, NV, LUT)
+            w, s, xt = w2, s2, x2
+    rd = tl.arange(0, BN)  # MMA row (j, w, i, l) holds loaded row l + 8 w + 32 i + 64 j
+    phys = pid_n * BN + (rd % 8) + 8 * ((rd // 16) % 4) + 32 * ((rd // 8) % 2) + 64 * (rd // 64)
+    yp = y_ptr + rm[None, :] * stride_ym + phys[:, None]
+    ym = mmask[None, :] & (phys < N)[:, None]
+    if not SPLIT:
+        store_rounded(yp, acc * alpha, ym)
+    else:
+        tile = (pid_m * tl.num_programs(0) + pid_n)
+        part = ws_ptr + tile * (split * BN * MP) + rd[:, None] * MP + tl.arange(0, MP)[None, :]
+        tl.store(part + pid_k * (BN * MP), acc)
+        tl.debug_barrier()
+        done = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
+        if done == split - 1:  # last of the tile: sum the partials in a fixed order, reset the counter
+            tot = tl.load(part, cache_modifier=".cg")
+            for j in range(1, split):
+                tot += tl.load(part + j * (BN * MP), cache_modifier=".cg")
+            store_rounded(yp, tot * alpha, ym)
+            tl.atomic_xchg(cnt_ptr + tile, 0, sem="relaxed", scope="gpu")
+
+
+@dataclass
+class TcWeight:
+    """A packed FP4 weight in the tensor-core decode layout (see the module docstring)."""
+    words: torch.Tensor  # int32 bricks (N/64, K/128, 64, 16), rows padded to a multiple of 64
+    scales: torch.Tensor  # uint8 (N/64, K/128, 64, 128/g), re-encoded; NVFP4 read as int16 pairs
+    spec: FormatSpec
+    shift: int  # alpha multiplies by 2^shift
+    N: int
+    K: int
+
+    @property
+    def shape(self):
+        return self.N, self.K
+
+
+_MAG_POS = (0, 3, 6, 13)  # magnitude field of pair m in a half-word
+_SIGN_POS = (9, 12, 10, 11)
+
+
+def tc_supported(spec: FormatSpec, K: int) -> bool:
+    return spec.is_fp4 and spec.symmetric and K % CHUNK == 0 and spec.group_size in (16, 32) \
+        and (spec.scale_dtype == "e4m3") == (spec.group_size == 16)
+
+
+def tc_pack(packed: torch.Tensor, scales: torch.Tensor, spec: FormatSpec) -> TcWeight | None:
+    """Reorder (N, K/2) packed codes + group scales into the decode layout, once per weight.
+
+    None where the layout cannot hold the weight exactly (K not a multiple of 128, an MXFP4 exponent above
+    148, i.e. group scales over 2^21): callers keep the CUDA-core GEMV for those. Works in slices of rows so
+    the int64 temporaries stay small next to the weight."""
+    N, K = packed.shape[0], packed.shape[1] * 2
+    if not tc_supported(spec, K):
+        return None
+    nv = spec.scale_dtype == "e4m3"
+    if nv:
+        s = scales.view(torch.float8_e4m3fn).float() if scales.dtype != torch.float32 else scales.float()
+        zero = s <= 0
+        mant, exp = torch.frexp(s)  # s = mant 2^exp, mant in [0.5, 1): E' = exp - 1, 1.mmm = 2 mant
+        mmm = ((mant * 2 - 1) * 8).round().to(torch.int32)
+        enc = ((exp - 1 + 246 - 236) << 3) | mmm  # bf16 exponent field E' + 246, stored minus 236
+        enc8 = torch.where(zero, torch.zeros_like(enc), enc).to(torch.uint8)
+        shift = NV_SHIFT
+    else:
+        if int(scales.max()) > MX_EXP_MAX:
+            return None
+        zero = None
+        enc8 = (scales.to(torch.int32) + 106).to(torch.uint8)
+        shift = MX_SHIFT
+    n = N + (-N % 64)
+    c = K // CHUNK
+    dev = packed.device
+    mpos = torch.tensor(_MAG_POS, device=dev).view(4, 1) + 16 * torch.arange(2, device=dev)
+    spos = torch.tensor(_SIGN_POS, device=dev).view(4, 1) + 16 * torch.arange(2, device=dev)
+    words = torch.zeros((n, c, 16), dtype=torch.int32, device=dev)  # padded rows: code 0
+    for r0 in range(0, N, 1024):
+        p = packed[r0:r0 + 1024]
+        r = p.shape[0]
+        codes = torch.stack((p & 15, p >> 4), dim=-1).reshape(r, K).to(torch.int64)
+        if zero is not None:  # a zero NVFP4 scale: its group decodes to zeros whatever the codes
+            codes = codes.view(r, -1, spec.group_size).masked_fill(zero[r0:r0 + r, :, None], 0).view(r, K)
+        # k = 128 C + 32 v + 8 m + 2 t + b  ->  word (C, u = 4 t + v), fields of (m, b)
+        cv = codes.view(r, c, 4, 4, 4, 2).permute(0, 1, 4, 2, 3, 5)  # (r, C, t, v, m, b)
+        word = (((cv & 7) << mpos) | ((cv >> 3) << spos)).sum(dim=(-1, -2))  # disjoint fields: sum == or
+        words[r0:r0 + r] = torch.where(word >= 2 ** 31, word - 2 ** 32, word).to(torch.int32).view(r, c, 16)
+    if n != N:
+        enc8 = torch.nn.functional.pad(enc8, (0, 0, 0, n - N))
+    bricks = words.view(n // 64, 64, c, 16).transpose(1, 2).contiguous()
+    sc = enc8.view(n // 64, 64, c, -1).transpose(1, 2).contiguous()
+    return TcWeight(bricks, sc, spec, shift, N, K)
+
+
+_WORKSPACE: dict = {}
+WS_FLOATS = 1 << 22  # 16 MB of fp32 partials per device, allocated once (CUDA graphs keep the pointer)
+MAX_TILES = 1 << 14
+
+
+def _workspace(device):
+    key = (device.type, device.index)
+    if key not in _WORKSPACE:
+        _WORKSPACE[key] = (torch.empty(WS_FLOATS, dtype=torch.float32, device=device),
+                           torch.zeros(MAX_TILES, dtype=torch.int32, device=device))
+    return _WORKSPACE[key]
+
+
+def _pick(M: int, N: int, K: int, sms: int):
+    """(BN, BW, MP, SPLIT_K, warps, PF): 64 weight rows x 128-wide k steps (the load layout then matches the
+    wgmma fragment: no shuffle), one step prefetched; K splits until the tiles cover the SMs 2.5 times (the
+    best of 1..16 on the H100 for every Llama-3-8B linear: BENCHMARKS.md)."""
+    mp = max(16, triton.next_power_of_2(min(M, 128)))
+    bn, bw = 64, 16
+    tiles = triton.cdiv(N, bn) * triton.cdiv(M, mp)
+    steps = K // (bw * 8)
+    split = 1
+    while tiles * split * 2 < 5 * sms and split * 2 <= min(steps // 2, 16) and tiles * split * 2 <= MAX_TILES:
+        split *= 2
+    return bn, bw, mp, split, 4, 1
+
+
+def tc_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out_dtype=torch.bfloat16, config=None,
+            lut: bool | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """y (M, N) = alpha * x W^T, x (M, K) bf16 (any M; best for M <= 128), W in the `tc_pack` layout.
+
+    `config` = (BN, BW, MP, SPLIT_K, warps, PF): weight rows (64 x warp groups), 8-code words per k step,
+    token tile, K splits, steps prefetched ahead (1 or 2)."""
+    from .gemm import _sm_count
+
+    M, K = x.shape
+    N, Kw = tw.shape
+    if Kw != K:
+        raise MrgptqError(f"tc_gemv: x has K={K}, W has K={Kw}")
+    bn, bw, mp, split, warps, pf = config or _pick(M, N, K, _sm_count(x.device))
+    if K % (bw * 8) or bn % 64:
+        raise MrgptqError(f"tc_gemv: K={K} is not a multiple of the k step {bw * 8}")
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    if not INTERPRET and x.dtype != torch.bfloat16:
+        x = x.to(torch.bfloat16)
+    y = out if out is not None else torch.empty((M, N), dtype=out_dtype, device=x.device)
+    grid = (triton.cdiv(N, bn), split, triton.cdiv(M, mp))
+    ws, cnt = _workspace(x.device)
+    if split > 1 and (grid[0] * grid[2] * split * bn * mp > ws.numel() or grid[0] * grid[2] > cnt.numel()):
+        split, grid = 1, (grid[0], 1, grid[2])
+    nv = tw.spec.scale_dtype == "e4m3"
+    scales = tw.scales.view(torch.int16) if nv else tw.scales
+    _tc_gemv_kernel[grid](x, tw.words, scales, y, ws, cnt, alpha * 2.0 ** tw.shift, M, N, K, x.stride(0),
+                          y.stride(0), split, BN=bn, BW=bw, MP=mp,
+                          PF=pf, SPLIT=split > 1, NV=nv, LUT=(not INTERPRET) if lut is None else lut,
+                          num_warps=warps, num_stages=1)
+    return y

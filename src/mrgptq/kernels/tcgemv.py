@@ -9,7 +9,7 @@ tokens, from shared memory; padding tokens are zeros). Three choices make the de
    exactly the 8 values that thread owns in Hopper's wgmma A-operand fragment: within each 128-wide k chunk,
    word u = 4t + v holds k = 32v + 8m + 2t + b (m = 0..3, b = 0..1). Loads, decode and MMA then meet in one
    register layout: no shared-memory shuffle of decoded values. Words are stored in 4 KB bricks (64 rows x 128
-   k, row block-major), so every load is whole contiguous kilobytes (+35% on gate_up against row-major).
+   k, row block-major), so every load is whole contiguous kilobytes (gate_up 40.2 -> 32.1 us on the H100).
 2. Bits. Each bf16 pair (k, k+1) is two shifts and masks of the word: a magnitude code c placed at bits 6..8
    of a bf16 is the number c_value * 2^-126 (E2M1's subnormal 0.5 included), the sign goes to bit 15. Per
    half-word: pair 0 magnitude bits 0-2 and sign bit 9, pair 1 3-5 / 12, pair 2 6-8 / 10, pair 3 13-15 / 11;

@@ -33,13 +33,11 @@ DENSE_ROWS = 64  # from this many rows (prefill) on: dequantize, then a 16-bit c
 
 def tc_weight(module):
     """The module's weight in the tensor-core decode layout, built once on first use (None if it does not fit)."""
-    from .tcgemv import tc_pack
+    from .tcgemv import packed_once, tc_pack
 
-    tw = getattr(module, "_tc", None)
-    if tw is None or (tw and tw.words.device != module.weight_packed.device):
-        tw = tc_pack(module.weight_packed, module.weight_scale, module.spec) or False
-        module._tc = tw
-    return tw or None
+    module._tc = packed_once(getattr(module, "_tc", None), module.weight_packed.device,
+                             lambda: tc_pack(module.weight_packed, module.weight_scale, module.spec))
+    return module._tc or None
 
 
 def fp4_linear(x: torch.Tensor, module) -> torch.Tensor:
@@ -69,23 +67,23 @@ def fp4_linear(x: torch.Tensor, module) -> torch.Tensor:
             return rotate_quantize(x2, module.act_spec, block, module.act_rule, module.input_global_scale)
         return (x2 if block is None else rotate(x2, block)), None
 
+    def tc_product(tw, a, a_scales):
+        if a_scales is not None:
+            a = dequantize(a, a_scales, module.act_spec, ga, torch.bfloat16)
+        return tc_gemv(a, tw, 1.0 / gw, out_dtype=x.dtype)
+
     group = getattr(module, "_siblings", None) if rows <= TC_ROWS else None
     if group is not None and group.weight() is not None:  # q/k/v or gate/up: one product, this module's slice
 
         def fused():
-            a_, s_ = operands()
-            if s_ is not None:
-                a_ = dequantize(a_, s_, module.act_spec, ga, torch.bfloat16)
-            y_ = tc_gemv(a_, group.weight(), 1.0 / gw, out_dtype=x.dtype)
+            y_ = tc_product(group.weight(), *operands())
             return y_ if group.bias is None else y_ + group.bias.to(y_.dtype)
 
         return group.output(module, x, fused).reshape(*lead, -1)
     a, a_scales = operands()
     tw = tc_weight(module) if rows <= TC_ROWS else None
     if tw is not None:
-        if a_scales is not None:
-            a = dequantize(a, a_scales, module.act_spec, ga, torch.bfloat16)
-        y = tc_gemv(a, tw, 1.0 / gw, out_dtype=x.dtype)
+        y = tc_product(tw, a, a_scales)
     elif rows <= GEMV_ROWS:
         if a_scales is not None:
             a = dequantize(a, a_scales, module.act_spec, ga, torch.float32)

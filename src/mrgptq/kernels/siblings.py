@@ -23,16 +23,19 @@ class Siblings:
         self.last = None  # (input, outputs, members still to be served)
 
     def weight(self):
+        from .tcgemv import packed_once
+
+        self.tw = packed_once(self.tw, self.members[0].weight_packed.device, self._pack)
+        return self.tw or None
+
+    def _pack(self):
         from .tcgemv import tc_pack
 
         ms = self.members
-        if self.tw is None or (self.tw and self.tw.words.device != ms[0].weight_packed.device):
-            packed = torch.cat([m.weight_packed for m in ms])
-            scales = torch.cat([m.weight_scale.view(torch.uint8) for m in ms]).view(ms[0].weight_scale.dtype)
-            self.tw = tc_pack(packed, scales, ms[0].spec) or False
-            if ms[0].bias is not None:
-                self.bias = torch.cat([m.bias for m in ms])
-        return self.tw or None
+        if ms[0].bias is not None:
+            self.bias = torch.cat([m.bias for m in ms])
+        scales = torch.cat([m.weight_scale.view(torch.uint8) for m in ms]).view(ms[0].weight_scale.dtype)
+        return tc_pack(torch.cat([m.weight_packed for m in ms]), scales, ms[0].spec)
 
     def output(self, module, x, compute):
         """module's slice of the group's product for input x; `compute()` runs the fused product."""
@@ -56,9 +59,10 @@ def _compatible(ms) -> bool:
 
 
 def _same_rotation(r1, r2) -> bool:
+    """Both absent, or the same sign-free rotation (random signs would have to be compared value by value)."""
     if r1 is None or r2 is None:
         return r1 is r2
-    return (r1.kind, r1.size, r1.is_identity, bool(r1.signs)) == (r2.kind, r2.size, r2.is_identity, bool(r2.signs))
+    return not r1.signs and not r2.signs and (r1.kind, r1.size, r1.is_identity) == (r2.kind, r2.size, r2.is_identity)
 
 
 def fuse_siblings(model) -> int:
@@ -69,8 +73,7 @@ def fuse_siblings(model) -> int:
     for parent in model.modules():
         for names in SIBLINGS:
             ms = [getattr(parent, k, None) for k in names]
-            if all(isinstance(m, QuantLinear) for m in ms) and _compatible(ms) and not any(
-                    m.rotation is not None and m.rotation.signs for m in ms):
+            if all(isinstance(m, QuantLinear) for m in ms) and _compatible(ms):
                 g = Siblings(ms)
                 for m in ms:
                     m._siblings = g

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from ..errors import MrgptqError
-from ..formats import FormatSpec
+from ..formats import FormatSpec, unpack
 from .fp4 import INTERPRET, store_rounded
 
 CHUNK = 128  # k per layout chunk (16 words): the packing is defined per chunk
@@ -254,7 +254,7 @@ def tc_pack(packed: torch.Tensor, scales: torch.Tensor, spec: FormatSpec) -> TcW
     for r0 in range(0, N, 1024):
         p = packed[r0:r0 + 1024]
         r = p.shape[0]
-        codes = torch.stack((p & 15, p >> 4), dim=-1).reshape(r, K).to(torch.int64)
+        codes = unpack(p).to(torch.int64)
         if zero is not None:  # a zero NVFP4 scale: its group decodes to zeros whatever the codes
             codes = codes.view(r, -1, spec.group_size).masked_fill(zero[r0:r0 + r, :, None], 0).view(r, K)
         # k = 128 C + 32 v + 8 m + 2 t + b  ->  word (C, u = 4 t + v), fields of (m, b)
@@ -266,6 +266,13 @@ def tc_pack(packed: torch.Tensor, scales: torch.Tensor, spec: FormatSpec) -> TcW
     bricks = words.view(n // 64, 64, c, 16).transpose(1, 2).contiguous()
     sc = enc8.view(n // 64, 64, c, -1).transpose(1, 2).contiguous()
     return TcWeight(bricks, sc, spec, shift, N, K)
+
+
+def packed_once(tw, device, pack):
+    """A cached TcWeight: `tw` if it was built on `device`, else `pack()` (False: the layout cannot hold it)."""
+    if tw is None or (tw and tw.words.device != device):
+        tw = pack() or False
+    return tw
 
 
 _WORKSPACE: dict = {}
@@ -290,7 +297,7 @@ def _pick(M: int, N: int, K: int, sms: int):
     tiles = triton.cdiv(N, bn) * triton.cdiv(M, mp)
     steps = K // (bw * 8)
     split = 1
-    while tiles * split * 2 < 5 * sms and split * 2 <= min(steps // 2, 16) and tiles * split * 2 <= MAX_TILES:
+    while tiles * split * 2 < 5 * sms and split * 2 <= min(steps // 2, 16):
         split *= 2
     return bn, bw, mp, split, 4, 1
 
@@ -309,7 +316,7 @@ def tc_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out_dtype=torch.b
         raise MrgptqError(f"tc_gemv: x has K={K}, W has K={Kw}")
     bn, bw, mp, split, warps, pf = config or _pick(M, N, K, _sm_count(x.device))
     if K % (bw * 8) or bn % 64:
-        raise MrgptqError(f"tc_gemv: K={K} is not a multiple of the k step {bw * 8}")
+        raise MrgptqError(f"tc_gemv: K={K} must be a multiple of the k step {bw * 8} and BN={bn} of 64")
     if x.stride(-1) != 1:
         x = x.contiguous()
     if not INTERPRET and x.dtype != torch.bfloat16:

@@ -197,7 +197,7 @@ def test_mxfp4_as_fp8_rows_is_exact():
     within 2^14 of its row's largest; a group far below it keeps only E4M3-subnormal precision."""
     from mrgptq.kernels.fp8 import fp8_rows
 
-    N, K = SHAPES[1]
+    N, K = SHAPES[1][0] - 5, SHAPES[1][1]  # not a multiple of the 32-row tile
     W = student_t((N, K), seed=9) * 0.02
     W[1, 64:96] *= 2.0**-10  # a small group, still exact
     W[2, :32] *= 2.0**-30  # far below: rounded
@@ -226,18 +226,22 @@ def test_mxfp4_w4a4_fp8_gemm():
     _close(mxfp4_w4a4_matmul(ap, asc, wp, ws, q.spec, 1.0), ref)
 
 
-@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
-def test_dequantize_kernel_is_bit_exact(fmt):
+@pytest.mark.parametrize("fmt,dtype", [("mxfp4", torch.bfloat16), ("nvfp4", torch.bfloat16),
+                                       ("nvfp4", torch.float16), ("nvfp4", torch.float32)])
+def test_dequantize_kernel_is_bit_exact(fmt, dtype):
+    """Every element equals formats.dequantize's in each output dtype (pairs of 16-bit values per word, or
+    two float32 stores), including all-zero groups and a partial last row tile."""
     from mrgptq.kernels.gemm import dequantize
 
-    N, K = SHAPES[1]
+    N, K = SHAPES[1][0] - 5, SHAPES[1][1]  # not a multiple of the 32-row tile
     W = student_t((N, K), seed=8) * 0.02
     W[0, :64] = 0  # all-zero groups: zero scales
     q = formats.quantize(W, fmt)
     gs = 1.0 if q.global_scale is None else float(q.global_scale)
-    y = dequantize(formats.pack(q.codes).to(DEV), q.scales.to(DEV), q.spec, gs).cpu()
-    ref = formats.dequantize(q, torch.bfloat16)
-    bad = (y.view(torch.int16) != ref.view(torch.int16)).nonzero()
+    y = dequantize(formats.pack(q.codes).to(DEV), q.scales.to(DEV), q.spec, gs, dtype).cpu()
+    ref = formats.dequantize(q, dtype)
+    bits = torch.int32 if dtype == torch.float32 else torch.int16
+    bad = (y.view(bits) != ref.view(bits)).nonzero()
     assert len(bad) == 0, f"{len(bad)} differ, first at {bad[0].tolist()}: {y[tuple(bad[0])]} vs {ref[tuple(bad[0])]}"
 
 
@@ -266,13 +270,13 @@ def test_quantlinear_dispatch_matches_pytorch_path(w4a4, fmt, tokens):
     assert ((y - ref).norm() / ref.norm()).item() < 1e-2
 
 
-def _siblings(fmt, w4a4, sizes=(512, 128, 128)):
+def _siblings(fmt, w4a4, sizes=(512, 128, 128), tokens=(3, 2)):
     from mrgptq.algorithms import ActQuantizer
     from mrgptq.runtime import QuantLinear
 
     spec = formats.get_spec(fmt)
     rot = Rotation(1024, "hadamard", 32)
-    x = student_t((3, 2, 1024), seed=5).to(torch.bfloat16).to(DEV)
+    x = student_t((*tokens, 1024), seed=5).to(torch.bfloat16).to(DEV)
     act = None
     if w4a4:
         act = ActQuantizer(spec, rot, rule="spec")
@@ -312,10 +316,11 @@ def test_sibling_group_serves_each_member_once_per_input():
 
 @pytest.mark.skipif(not GPU, reason="sibling fusion is part of the CUDA dispatch")
 @pytest.mark.parametrize("w4a4", [False, True])
-def test_fused_siblings_match_separate_linears(w4a4):
+@pytest.mark.parametrize("tokens", [(3, 2), (2, 150)])  # decode: one fused GEMM; prefill: one shared operand
+def test_fused_siblings_match_separate_linears(w4a4, tokens):
     from mrgptq.kernels.siblings import fuse_siblings
 
-    parent, x = _siblings("mxfp4", w4a4)
+    parent, x = _siblings("mxfp4", w4a4, tokens=tokens)
     os.environ["MRGPTQ_KERNELS"] = "0"
     refs = [getattr(parent, n)(x).float() for n in ("q_proj", "k_proj", "v_proj")]
     os.environ["MRGPTQ_KERNELS"] = "1"

@@ -495,7 +495,8 @@ def cmd_bench_e2e(a) -> int:
         if cfg is not None:
             quantize_data_free(model, cfg)
         print(f"measuring {name} ...", file=sys.stderr)
-        results[name] = speed.measure(model, batches, a.prompt_len, a.new_tokens, prefills, graphs=not a.no_graphs)
+        results[name] = speed.measure(model, batches, a.prompt_len, a.new_tokens, prefills, graphs=not a.no_graphs,
+                                      compile=a.compile)
         del model
     if ckpt is not None:
         from .runtime import load
@@ -503,7 +504,7 @@ def cmd_bench_e2e(a) -> int:
         model, _, meta = load(ckpt, device=device, dtype=dtype)
         print(f"measuring {meta['label']} ...", file=sys.stderr)
         results[meta["label"]] = speed.measure(model, batches, a.prompt_len, a.new_tokens, prefills,
-                                               graphs=not a.no_graphs)
+                                               graphs=not a.no_graphs, compile=a.compile)
         del model
     base = results[base_name]
     headers = ["model"] + [f"decode b{b} tok/s" for b in batches] + [f"prefill {b}x{s} ms" for b, s in prefills] + \
@@ -522,7 +523,8 @@ def cmd_bench_e2e(a) -> int:
         rows.append(row)
     dev_name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     print(f"{target} ({config.num_hidden_layers} blocks) on {dev_name}; prompt {a.prompt_len}, "
-          f"{a.new_tokens} new tokens; (xN) = speed-up over {base_name} in this run")
+          f"{a.new_tokens} new tokens; decode {'torch.compile + ' if a.compile else ''}"
+          f"{'eager' if a.no_graphs else 'CUDA graphs'}; (xN) = speed-up over {base_name} in this run")
     print(_fmt_table(headers, rows))
     if a.json:
         import datetime
@@ -634,6 +636,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prefill", default="1x4096,8x1024", help="prefill shapes BATCHxSEQLEN (default 1x4096,8x1024)")
     b.add_argument("--layers", type=int, help="use only the first N blocks (quick runs)")
     b.add_argument("--no-graphs", action="store_true", help="decode eagerly (no CUDA graphs)")
+    b.add_argument("--compile", action="store_true",
+                   help="decode steps through torch.compile for every model (FP4 linears stay opaque ops; norms, "
+                        "rotary and residuals fuse), then CUDA graphs; compiling takes tens of seconds per model "
+                        "and batch size")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--json", help="write results as JSON")
     common(b)

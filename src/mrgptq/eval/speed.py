@@ -56,9 +56,11 @@ def _sync(device):
 
 
 @torch.no_grad()
-def decode(model, batch: int, prompt_len: int, new_tokens: int, graphs: bool = True, seed: int = 0):
-    """Greedy decoding of `new_tokens` after a random prompt. Returns (token ids (batch, new_tokens), seconds
-    for the decode steps, whether CUDA graphs were used). Prefill is not timed."""
+def decode_step(model, batch: int, prompt_len: int, new_tokens: int, seed: int = 0, forward=None):
+    """After prefilling a random prompt into a static KV cache: `step()` (one decode forward on the step
+    buffers, returning logits), with `step.ids` / `step.pos` (its input token and position, written in place),
+    `step.cache` and `step.first` (the token the prompt predicts). `forward`: what the step calls instead of
+    the model (a compiled forward)."""
     from transformers import StaticCache
 
     dev = next(model.parameters()).device
@@ -70,9 +72,23 @@ def decode(model, batch: int, prompt_len: int, new_tokens: int, graphs: bool = T
     tok = logits[:, -1:].argmax(-1)
     step_ids, step_pos = tok.clone(), torch.tensor([prompt_len], device=dev)
 
-    def step():
-        return model(input_ids=step_ids, past_key_values=cache, cache_position=step_pos, use_cache=True).logits
+    fwd = forward or model
 
+    def step():
+        return fwd(input_ids=step_ids, past_key_values=cache, cache_position=step_pos, use_cache=True).logits
+
+    step.ids, step.pos, step.cache, step.first = step_ids, step_pos, cache, tok
+    return step
+
+
+@torch.no_grad()
+def decode(model, batch: int, prompt_len: int, new_tokens: int, graphs: bool = True, seed: int = 0, forward=None):
+    """Greedy decoding of `new_tokens` after a random prompt. Returns (token ids (batch, new_tokens), seconds
+    for the decode steps, whether CUDA graphs were used). Prefill is not timed. `forward`: a compiled forward
+    for the decode steps (compiled during the warm-up, which is not timed)."""
+    dev = next(model.parameters()).device
+    step = decode_step(model, batch, prompt_len, new_tokens, seed, forward)
+    step_ids, step_pos, cache, tok = step.ids, step.pos, step.cache, step.first
     graph, out = None, None
     if graphs and dev.type == "cuda":
         try:
@@ -136,8 +152,10 @@ def prefill_seconds(model, batch: int, seqlen: int, reps: int = 5, seed: int = 0
 
 
 def measure(model, batches=(1, 8, 32), prompt_len: int = 128, new_tokens: int = 256,
-            prefills=((1, 4096), (8, 1024)), graphs: bool = True) -> dict:
-    """Decode tokens/s per batch size, prefill seconds per (batch, seqlen), and peak device memory."""
+            prefills=((1, 4096), (8, 1024)), graphs: bool = True, compile: bool = False) -> dict:
+    """Decode tokens/s per batch size, prefill seconds per (batch, seqlen), and peak device memory.
+    `compile`: decode steps run the model's forward through torch.compile (runtime.compiled.compile: the FP4
+    linears stay opaque ops, the compiler fuses the rest); prefill stays eager."""
     dev = next(model.parameters()).device
     cuda = dev.type == "cuda"
     if cuda:
@@ -146,9 +164,17 @@ def measure(model, batches=(1, 8, 32), prompt_len: int = 128, new_tokens: int = 
         fuse_siblings(model)  # as runtime.load does: q/k/v and gate/up decode as one product
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    res = {"decode": {}, "prefill": {}}
+    res = {"decode": {}, "prefill": {}, "compiled": compile}
+    forward = None
+    if compile:
+        from ..runtime.compiled import compile as compile_fn
+
+        # every model's forward is one code object: drop the previous model's graphs, or their count reaches
+        # dynamo's recompile limit (8) and later models silently run eagerly
+        torch._dynamo.reset()
+        forward = compile_fn(model.forward, dynamic=False)
     for b in batches:
-        _, secs, used = decode(model, b, prompt_len, new_tokens, graphs)
+        _, secs, used = decode(model, b, prompt_len, new_tokens, graphs, forward=forward)
         res["decode"][str(b)] = {"tokens_per_s": b * (new_tokens - 1) / secs, "cuda_graphs": used}
     for b, s in prefills:
         res["prefill"][f"{b}x{s}"] = {"seconds": prefill_seconds(model, b, s)}

@@ -40,66 +40,88 @@ def tc_weight(module):
     return module._tc or None
 
 
-def fp4_linear(x: torch.Tensor, module) -> torch.Tensor:
+def _operands(x2: torch.Tensor, module):
+    """The GEMM's left operand: x R (W4A16), or Q_a(x R) as (codes, scales) (W4A4)."""
+    from .quantize import rotate, rotate_quantize
+
+    rot = module.rotation
+    block = None if rot is None or rot.is_identity else rot.size
+    if module.act_spec is not None:
+        return rotate_quantize(x2, module.act_spec, block, module.act_rule, module.input_global_scale)
+    return (x2 if block is None else rotate(x2, block)), None
+
+
+def _tc_product(module, tw, a, a_scales, out_dtype):
+    from .gemm import dequantize
+    from .tcgemv import tc_gemv
+
+    gw, ga = module.global_divisors()
+    if a_scales is not None:
+        a = dequantize(a, a_scales, module.act_spec, ga, torch.bfloat16)
+    return tc_gemv(a, tw, 1.0 / gw, out_dtype=out_dtype)
+
+
+def sibling_product(x: torch.Tensor, group) -> torch.Tensor:
+    """Every member's output side by side, (..., sum of out_features): one rotation, one decode GEMM."""
+    m = group.members[0]
+    K = x.shape[-1]
+    y = _tc_product(m, group.weight(), *_operands(x.reshape(-1, K), m), x.dtype)
+    if group.bias is not None:
+        y = y + group.bias.to(y.dtype)
+    return y.reshape(*x.shape[:-1], -1)
+
+
+def fp4_linear(x: torch.Tensor, module, use_group: bool = True) -> torch.Tensor:
     """QuantLinear's forward on the GPU: rotate (+ quantize) the input, then the packed-weight product.
 
     Up to TC_ROWS rows (decode, small batches) the tensor-core decode GEMM on the weight re-laid once
-    (`tcgemv.py`; W4A4 activations are dequantized first: few rows, and their values are then exact); where the
-    weight does not fit that layout, the CUDA-core GEMV up to GEMV_ROWS, then the FP4 tile GEMM; prefill
-    dequantizes the operands in one pass each (bit-identical to formats.dequantize) and uses cuBLAS, which on
-    Hopper beats decoding inside the GEMM loop (BENCHMARKS.md); MXFP4 W4A4 prefill turns both operands into
-    exact E4M3 with per-row scales and runs one FP8 cuBLAS GEMM (`fp8.py`)."""
-    from .fp8 import has_fp8_gemm, mxfp4_w4a4_matmul
+    (`tcgemv.py`; W4A4 activations are dequantized first: few rows, and their values are then exact), for a
+    sibling group (`siblings.py`, unless `use_group` is False) once for all members; where the weight does not
+    fit that layout, the CUDA-core GEMV up to GEMV_ROWS, then the FP4 tile GEMM; prefill dequantizes the
+    operands in one pass each (bit-identical to formats.dequantize) and uses cuBLAS, which on Hopper beats
+    decoding inside the GEMM loop (BENCHMARKS.md); MXFP4 W4A4 prefill turns both operands into exact E4M3 with
+    per-row scales and runs one FP8 cuBLAS GEMM (`fp8.py`). Prefill siblings share the prepared input."""
+    from .fp8 import fp8_matmul, fp8_rows, has_fp8_gemm
     from .gemm import dequantize, fp4_matmul
     from .gemv import fp4_gemv
-    from .quantize import rotate, rotate_quantize
-    from .tcgemv import tc_gemv
 
     lead, K = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, K)
     rows = x2.shape[0]
-    rot = module.rotation
-    block = None if rot is None or rot.is_identity else rot.size
+    group = getattr(module, "_siblings", None) if use_group else None
+    if group is not None and rows <= TC_ROWS and group.weight() is not None:  # q/k/v or gate/up: one product
+        return group.output(module, x, lambda: sibling_product(x2, group)).reshape(*lead, -1)
     gw, ga = module.global_divisors()
-
-    def operands():
-        if module.act_spec is not None:  # W4A4: FP4 activations (codes + scales)
-            return rotate_quantize(x2, module.act_spec, block, module.act_rule, module.input_global_scale)
-        return (x2 if block is None else rotate(x2, block)), None
-
-    def tc_product(tw, a, a_scales):
-        if a_scales is not None:
-            a = dequantize(a, a_scales, module.act_spec, ga, torch.bfloat16)
-        return tc_gemv(a, tw, 1.0 / gw, out_dtype=x.dtype)
-
-    group = getattr(module, "_siblings", None) if rows <= TC_ROWS else None
-    if group is not None and group.weight() is not None:  # q/k/v or gate/up: one product, this module's slice
-
-        def fused():
-            y_ = tc_product(group.weight(), *operands())
-            return y_ if group.bias is None else y_ + group.bias.to(y_.dtype)
-
-        return group.output(module, x, fused).reshape(*lead, -1)
-    a, a_scales = operands()
     tw = tc_weight(module) if rows <= TC_ROWS else None
     if tw is not None:
-        y = tc_product(tw, a, a_scales)
-    elif rows <= GEMV_ROWS:
-        if a_scales is not None:
-            a = dequantize(a, a_scales, module.act_spec, ga, torch.float32)
-        y = fp4_gemv(a, module.weight_packed, module.weight_scale, module.spec, 1.0 / gw, out_dtype=x.dtype)
-    elif rows >= DENSE_ROWS and a_scales is not None and module.spec.scale_dtype == "e8m0" \
-            and has_fp8_gemm(x.device):
-        y = mxfp4_w4a4_matmul(a, a_scales, module.weight_packed, module.weight_scale, module.spec,
-                              module.kernel_alpha(), out_dtype=x.dtype)
-    elif rows >= DENSE_ROWS:
-        if a_scales is not None:
-            a = dequantize(a, a_scales, module.act_spec, ga, x.dtype)
-        w = dequantize(module.weight_packed, module.weight_scale, module.spec, gw, x.dtype)
-        y = torch.nn.functional.linear(a, w)
+        y = _tc_product(module, tw, *_operands(x2, module), x.dtype)
+    elif rows >= DENSE_ROWS:  # prefill: 16-bit (or FP8) operands for one cuBLAS GEMM
+        w_fp8 = module.act_spec is not None and module.spec.scale_dtype == "e8m0" and has_fp8_gemm(x.device)
+
+        def left():  # siblings share it: one rotation (+ quantization, conversion) for the group
+            a, a_scales = _operands(x2, module)
+            if a_scales is None:
+                return a, None
+            if w_fp8:
+                return fp8_rows(a, a_scales, module.act_spec)
+            return dequantize(a, a_scales, module.act_spec, ga, x.dtype), None
+
+        a, ra = left() if group is None else group.shared(module, x, left)
+        if ra is not None:
+            y = fp8_matmul(a, ra, *fp8_rows(module.weight_packed, module.weight_scale, module.spec),
+                           module.kernel_alpha(), out_dtype=x.dtype)
+        else:
+            w = dequantize(module.weight_packed, module.weight_scale, module.spec, gw, x.dtype)
+            y = torch.nn.functional.linear(a, w)
     else:
-        y = fp4_matmul(a, module.weight_packed, module.weight_scale, module.spec, module.kernel_alpha(),
-                       a_scales=a_scales, out_dtype=x.dtype)
+        a, a_scales = _operands(x2, module)
+        if rows <= GEMV_ROWS:
+            if a_scales is not None:
+                a = dequantize(a, a_scales, module.act_spec, ga, torch.float32)
+            y = fp4_gemv(a, module.weight_packed, module.weight_scale, module.spec, 1.0 / gw, out_dtype=x.dtype)
+        else:
+            y = fp4_matmul(a, module.weight_packed, module.weight_scale, module.spec, module.kernel_alpha(),
+                           a_scales=a_scales, out_dtype=x.dtype)
     if module.bias is not None:
         y = y + module.bias.to(y.dtype)
     return y.reshape(*lead, y.shape[-1])

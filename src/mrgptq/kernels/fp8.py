@@ -22,39 +22,39 @@ import triton.language as tl
 from ..errors import MrgptqError
 from ..formats import FormatSpec
 from .fp4 import pow2
-from .gemm import _operand
+from .gemm import PAIR_TILE, pair_offsets, pair_operand, pair_tiles, pairs_e4m3
 
 
 @triton.jit
-def _fp8_rows_kernel(ptr, sptr, out_ptr, rs_ptr, N, K, R: tl.constexpr, BK: tl.constexpr, G: tl.constexpr,
-                     NG: tl.constexpr):
+def _fp8_rows_kernel(ptr, sptr, emax_ptr, out_ptr, rs_ptr, N, K, R: tl.constexpr, T: tl.constexpr,
+                     G: tl.constexpr):
+    """One (R, T groups) tile: E4M3 pairs (even element in the low byte) stored as 16-bit words."""
     rows = tl.program_id(0) * R + tl.arange(0, R)
     rmask = rows < N
-    gi = tl.arange(0, NG)
-    s = tl.load(sptr + rows[:, None] * (K // G) + gi[None, :], mask=rmask[:, None] & (gi[None, :] < K // G),
-                other=0)
-    emax = tl.max(s.to(tl.int32), axis=1) - 127
-    tl.store(rs_ptr + rows, pow2(emax) * 0.015625, mask=rmask)  # 2^(e_max - 6), exact down to 2^-133
-    for k0 in range(0, K, BK):
-        vals, e = _operand(ptr, sptr, rows, rmask, k0, K, R, BK, G, False)
-        v8 = vals * pow2(tl.maximum(e - emax[:, None] + 6, -127))  # exact when e - e_max >= -14
-        cols = k0 + tl.arange(0, BK)
-        tl.store(out_ptr + rows[:, None] * K + cols[None, :], v8.to(tl.float8e4nv), mask=rmask[:, None])
+    t = tl.program_id(1)
+    emax = tl.load(emax_ptr + rows, mask=rmask, other=0).to(tl.int32)
+    if t == 0:
+        tl.store(rs_ptr + rows, pow2(emax - 127) * 0.015625, mask=rmask)  # 2^(e_max - 6), exact down to 2^-133
+    b, s = pair_operand(ptr, sptr, rows, rmask, t, K, T, G)
+    f = pow2(tl.maximum(s.to(tl.int32) - emax[:, None] + 6, -127))[:, :, None]  # exact when e - e_max >= -14
+    tl.store(out_ptr + pair_offsets(rows, t, K, T, G), pairs_e4m3(b, f), mask=rmask[:, None, None])
 
 
-def fp8_rows(packed: torch.Tensor, scales: torch.Tensor, spec: FormatSpec):
-    """(E4M3 values (R, K), float32 row scales (R,)) with values * scales == formats.dequantize (MXFP4)."""
+def fp8_rows(packed: torch.Tensor, scales: torch.Tensor, spec: FormatSpec, config=None):
+    """(E4M3 values (R, K), float32 row scales (R,)) with values * scales == formats.dequantize (MXFP4).
+    `config` = (rows, elements per row, warps) per program overrides the default tile."""
     if spec.scale_dtype != "e8m0" or not spec.is_fp4:
         raise MrgptqError(f"fp8_rows: {spec.name} has no exact E4M3 form (only MXFP4 does)")
     N, K = packed.shape[0], packed.shape[1] * 2
     G = spec.group_size
-    bk = 256 if K % 256 == 0 else 64
-    if K % bk:
-        raise MrgptqError(f"fp8_rows: K={K} must be a multiple of 64")
+    if K % G:
+        raise MrgptqError(f"fp8_rows: K={K} must be a multiple of the group size {G}")
     out = torch.empty((N, K), dtype=torch.float8_e4m3fn, device=packed.device)
     rs = torch.empty((N,), dtype=torch.float32, device=packed.device)
-    _fp8_rows_kernel[(triton.cdiv(N, 16),)](packed, scales, out, rs, N, K, R=16, BK=bk, G=G,
-                                            NG=triton.next_power_of_2(K // G))
+    emax = scales.amax(dim=1)  # the row's largest group exponent (biased, uint8)
+    r, e, w = config or PAIR_TILE
+    grid, T = pair_tiles(N, K, G, r, e)
+    _fp8_rows_kernel[grid](packed, scales, emax, out.view(torch.int16), rs, N, K, R=r, T=T, G=G, num_warps=w)
     return out, rs
 
 
@@ -68,11 +68,14 @@ def _fp8_capable(index: int) -> bool:
     return hasattr(torch, "_scaled_mm") and torch.cuda.get_device_capability(index) >= (8, 9)
 
 
-def mxfp4_w4a4_matmul(a_packed, a_scales, w_packed, w_scales, spec: FormatSpec, alpha: float = 1.0,
-                      out_dtype=torch.bfloat16) -> torch.Tensor:
-    """alpha * A W^T for MXFP4 A (M, K/2) and W (N, K/2): both operands to E4M3, one FP8 GEMM (cuBLAS)."""
-    a8, ra = fp8_rows(a_packed, a_scales, spec)
-    w8, rw = fp8_rows(w_packed, w_scales, spec)
+def fp8_matmul(a8, ra, w8, rw, alpha: float = 1.0, out_dtype=torch.bfloat16) -> torch.Tensor:
+    """alpha * diag(ra) (A8 W8^T) diag(rw): one FP8 cuBLAS GEMM with per-row and per-column scales."""
     if alpha != 1.0:
         ra = ra * alpha
     return torch._scaled_mm(a8, w8.t(), scale_a=ra[:, None], scale_b=rw[None, :], out_dtype=out_dtype)
+
+
+def mxfp4_w4a4_matmul(a_packed, a_scales, w_packed, w_scales, spec: FormatSpec, alpha: float = 1.0,
+                      out_dtype=torch.bfloat16) -> torch.Tensor:
+    """alpha * A W^T for MXFP4 A (M, K/2) and W (N, K/2): both operands to E4M3, one FP8 GEMM (cuBLAS)."""
+    return fp8_matmul(*fp8_rows(a_packed, a_scales, spec), *fp8_rows(w_packed, w_scales, spec), alpha, out_dtype)

@@ -15,7 +15,7 @@ import triton.language as tl
 
 from ..errors import MrgptqError
 from ..formats import FormatSpec
-from .fp4 import INTERPRET, e2m1_decode, pow2, store_rounded
+from .fp4 import INTERPRET, e2m1_decode, e4m3_bits, pow2, round_bf16, store_rounded
 
 
 @triton.jit
@@ -137,28 +137,125 @@ def _sm_count(device) -> int:
 
 
 @triton.jit
-def _dequant_kernel(ptr, sptr, out, N, K, gdiv, R: tl.constexpr, BK: tl.constexpr, G: tl.constexpr,
-                    NV: tl.constexpr):
+def pair_operand(ptr, sptr, rows, rmask, t, K, T: tl.constexpr, G: tl.constexpr):
+    """Groups t*T .. t*T+T-1 of R packed rows, with no reshape: the bytes (R, T, G/2) as int32 (each holds an
+    even element in its low nibble and the next odd one in its high nibble) and the raw group scales (R, T).
+    Outputs are written as pairs too (two 16-bit or 8-bit values per word), so no layout conversion is needed."""
+    g = t * T + tl.arange(0, T)
+    b = tl.arange(0, G // 2)
+    packed = tl.load(ptr + rows[:, None, None] * (K // 2) + g[None, :, None] * (G // 2) + b[None, None, :],
+                     mask=rmask[:, None, None], other=0)
+    s = tl.load(sptr + rows[:, None] * (K // G) + g[None, :], mask=rmask[:, None])  # masked rows: unused
+    return packed.to(tl.int32), s
+
+
+@triton.jit
+def pair_offsets(rows, t, K, T: tl.constexpr, G: tl.constexpr):
+    """Offsets of the (R, T, G/2) element pairs of pair_operand in an (R, K/2) array of pairs."""
+    g = t * T + tl.arange(0, T)
+    return rows[:, None, None] * (K // 2) + g[None, :, None] * (G // 2) + tl.arange(0, G // 2)[None, None, :]
+
+
+# A byte's two codes as float32 E2M1 values times 2^-126, by placing bits alone: the magnitude code at bits
+# 22-24 (the exponent's two low bits and the first mantissa bit) is the value times 2^-126, E2M1's 0.5
+# included as a float32 subnormal (as tcgemv.py does in bf16); the sign goes to bit 31. Then * 2^126 and
+# * the scale (both exact or rounded once, as formats.dequantize's product) and one paired conversion.
+_PAIR_DECODE = """.reg .b32 l, h, t;
+shl.b32 l, $1, 22;
+and.b32 l, l, 0x01C00000;
+shl.b32 t, $1, 28;
+and.b32 t, t, 0x80000000;
+or.b32 l, l, t;
+shl.b32 h, $1, 18;
+and.b32 h, h, 0x01C00000;
+shl.b32 t, $1, 24;
+and.b32 t, t, 0x80000000;
+or.b32 h, h, t;
+mul.rn.f32 l, l, 0f7E800000;
+mul.rn.f32 h, h, 0f7E800000;
+mul.rn.f32 l, l, $2;
+mul.rn.f32 h, h, $2;
+"""
+_INTERP = tl.constexpr(INTERPRET)  # the CPU interpreter runs no PTX: the same products in plain ops
+_PAIR_BF16 = tl.constexpr("{" + _PAIR_DECODE + "cvt.rn.bf16x2.f32 $0, h, l;\n}")
+_PAIR_F16 = tl.constexpr("{" + _PAIR_DECODE + "cvt.rn.f16x2.f32 $0, h, l;\n}")
+_PAIR_E4M3 = tl.constexpr("{" + _PAIR_DECODE + "cvt.rn.satfinite.e4m3x2.f32 $0, h, l;\n}")
+
+
+@triton.jit
+def _bits16(v, F16: tl.constexpr):
+    """float32 -> the int32 holding its nearest-even bf16 (or fp16) bit pattern in the low 16 bits."""
+    h = v.to(tl.float16) if F16 else round_bf16(v)
+    return h.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+
+
+@triton.jit
+def pairs16(b, scale, F16: tl.constexpr):
+    """Bytes (int32) times float32 scales -> int32 words of two bf16 (or fp16) values, the low nibble's in the
+    low half: e2m1_decode(code) * scale rounded to nearest even, as formats.dequantize."""
+    if _INTERP:
+        lo = e2m1_decode(b & 0xF) * scale
+        hi = e2m1_decode(b >> 4) * scale
+        return _bits16(lo, F16) | (_bits16(hi, F16) << 16)
+    return tl.inline_asm_elementwise(_PAIR_F16 if F16 else _PAIR_BF16, "=r,r,r", [b, scale], dtype=tl.int32,
+                                     is_pure=True, pack=1)
+
+
+@triton.jit
+def pairs_e4m3(b, scale):
+    """Bytes (int32) times float32 scales -> 16-bit words of two E4M3 bytes, the low nibble's in the low byte
+    (rounded to nearest even where a product is below E4M3's range)."""
+    if _INTERP:
+        lo = e4m3_bits(e2m1_decode(b & 0xF) * scale)
+        return (lo | (e4m3_bits(e2m1_decode(b >> 4) * scale) << 8)).to(tl.int16)
+    return tl.inline_asm_elementwise(_PAIR_E4M3, "=h,r,r", [b, scale], dtype=tl.int16, is_pure=True, pack=1)
+
+
+@triton.jit
+def _dequant_kernel(ptr, sptr, out, N, K, gdiv, R: tl.constexpr, T: tl.constexpr, G: tl.constexpr,
+                    NV: tl.constexpr, OUT: tl.constexpr):
+    """OUT 0: float32 (two stores), 1: bf16 pairs as int32 words, 2: fp16 pairs."""
     rows = tl.program_id(0) * R + tl.arange(0, R)
     rmask = rows < N
-    k0 = tl.program_id(1) * BK
-    vals, s = _operand(ptr, sptr, rows, rmask, k0, K, R, BK, G, NV)
-    eff = (s if NV else pow2(s)) / gdiv  # formats.effective_scales, then codes * scale as formats.dequantize
-    cols = k0 + tl.arange(0, BK)
-    store_rounded(out + rows[:, None] * K + cols[None, :], vals * eff, rmask[:, None])
+    t = tl.program_id(1)
+    b, s = pair_operand(ptr, sptr, rows, rmask, t, K, T, G)
+    eff = tl.math.div_rn(s.to(tl.float32) if NV else pow2(s.to(tl.int32) - 127), gdiv)[:, :, None]  # IEEE, as effective_scales
+    offs = pair_offsets(rows, t, K, T, G)
+    m = rmask[:, None, None]
+    if OUT == 0:
+        tl.store(out + 2 * offs, e2m1_decode(b & 0xF) * eff, mask=m)  # codes * scale, as formats.dequantize
+        tl.store(out + 2 * offs + 1, e2m1_decode(b >> 4) * eff, mask=m)
+    else:
+        tl.store(out + offs, pairs16(b, eff, OUT == 2), mask=m)
+
+
+PAIR_TILE = (16, 256, 4)  # rows, elements per row, warps per program: best of 7 tiles on H100 and H200 (BENCHMARKS.md)
+
+
+def pair_tiles(N: int, K: int, G: int, rows: int, elems: int):
+    """(grid, T) for the pair kernels: `rows` x `elems` elements per program (fewer where K is shorter)."""
+    T = max(1, min(elems, K) // G)
+    while (K // G) % T:
+        T //= 2
+    return (triton.cdiv(N, rows), K // G // T), T
 
 
 def dequantize(packed: torch.Tensor, scales: torch.Tensor, spec: FormatSpec, global_scale: float = 1.0,
-               dtype=torch.bfloat16) -> torch.Tensor:
+               dtype=torch.bfloat16, config=None) -> torch.Tensor:
     """(N, K) values of a packed FP4 operand in one pass: bit-identical to formats.dequantize(q, dtype).
 
-    Prefill uses it: for many rows a 16-bit GEMM on dequantized operands beats decoding in the GEMM loop."""
+    Prefill uses it: for many rows a 16-bit GEMM on dequantized operands beats decoding in the GEMM loop.
+    `config` = (rows, elements per row, warps) per program overrides the default tile."""
     N, K = packed.shape[0], packed.shape[1] * 2
-    bk = 256 if K % 256 == 0 else 64
+    G = spec.group_size
+    if K % G or G % 2:
+        raise MrgptqError(f"dequantize: K={K} must be a multiple of the group size {G}")
     out = torch.empty((N, K), dtype=dtype, device=packed.device)
-    grid = (triton.cdiv(N, 16), K // bk)
-    _dequant_kernel[grid](packed, scales, out, N, K, float(global_scale), R=16, BK=bk, G=spec.group_size,
-                          NV=spec.scale_dtype == "e4m3")
+    kind = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}[dtype]
+    r, e, w = config or PAIR_TILE
+    grid, T = pair_tiles(N, K, G, r, e)
+    _dequant_kernel[grid](packed, scales, out if kind == 0 else out.view(torch.int32), N, K, float(global_scale),
+                          R=r, T=T, G=G, NV=spec.scale_dtype == "e4m3", OUT=kind, num_warps=w)
     return out
 
 

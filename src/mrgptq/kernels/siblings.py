@@ -3,13 +3,15 @@
 Hugging Face calls q_proj, k_proj and v_proj one after another on the same tensor. At decode sizes each call is
 a few microseconds of fixed cost (launch, ramp-up, the rotation kernel), so `fuse_siblings` ties such modules
 into a group: the first call computes every member's output with the concatenated weight (built once in the
-decode layout) and the others return their slice of it. Only the GPU decode path (<= TC_ROWS rows) uses the
-group; the CPU path and prefill are unchanged. Members must agree on format, rotation, activation quantizer and
-per-tensor scales, so the fused product is exactly the members' products side by side.
+decode layout) and the others return their slice of it. In prefill (GPU) the members keep their own GEMMs but
+share the rotated (and quantized) input. The CPU path is unchanged. Members must agree on format, rotation,
+activation quantizer and per-tensor scales, so the fused product is exactly the members' products side by side.
 """
 from __future__ import annotations
 
 import torch
+
+from ..runtime.compiled import handle
 
 SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
@@ -21,6 +23,7 @@ class Siblings:
         self.tw = None  # the concatenated weight in the decode layout, built on first use
         self.bias = None
         self.last = None  # (input, outputs, members still to be served)
+        handle(self)  # its name inside compiled graphs (runtime/compiled.py)
 
     def weight(self):
         from .tcgemv import packed_once
@@ -37,17 +40,48 @@ class Siblings:
         scales = torch.cat([m.weight_scale.view(torch.uint8) for m in ms]).view(ms[0].weight_scale.dtype)
         return tc_pack(torch.cat([m.weight_packed for m in ms]), scales, ms[0].spec)
 
-    def output(self, module, x, compute):
-        """module's slice of the group's product for input x; `compute()` runs the fused product."""
+    def __setstate__(self, state):  # a copy (deepcopy of the model) is a group of its own
+        self.__dict__.update(state)
+        handle(self, fresh=True)
+
+    def serves(self, rows: int, device: torch.device, dtype: torch.dtype) -> bool:
+        """Whether members' calls on such an input run as one product (the GPU decode path; on the CPU the
+        group's product is the members' own outputs side by side, which costs the same)."""
+        from .. import kernels
+
+        probe = torch.empty(0, device=device, dtype=dtype)
+        if not self.members[0]._use_kernels(probe):
+            return True
+        return rows <= kernels.TC_ROWS and self.weight() is not None
+
+    def offset(self, module) -> int:
+        """Where module's outputs start in the group's product."""
+        return sum(self.sizes[:self.members.index(module)])
+
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        """Every member's output for x side by side (..., sum of out_features)."""
+        from .. import kernels
+
+        if self.members[0]._use_kernels(x) and x.numel() // x.shape[-1] <= kernels.TC_ROWS \
+                and self.weight() is not None:
+            return kernels.sibling_product(x, self)
+        return torch.cat([m.forward_eager(x, use_group=False) for m in self.members], dim=-1)
+
+    def shared(self, module, x, compute):
+        """`compute()` once per input x for all members (each member's call on x gets the same value): the
+        prefill operand (rotated, quantized activations) that every member's own GEMM reads."""
         last = self.last
         if last is None or last[0] is not x or module not in last[2]:
-            y = compute()
-            last = self.last = (x, torch.split(y, self.sizes, dim=-1), set(self.members))
+            last = self.last = (x, compute(), set(self.members))
         last[2].discard(module)
-        out = last[1][self.members.index(module)]
         if not last[2]:
             self.last = None  # every member served: drop the reference to the input
-        return out
+        return last[1]
+
+    def output(self, module, x, compute):
+        """module's slice of the group's product for input x; `compute()` runs the fused product."""
+        parts = self.shared(module, x, lambda: torch.split(compute(), self.sizes, dim=-1))
+        return parts[self.members.index(module)]
 
 
 def _compatible(ms) -> bool:

@@ -16,6 +16,7 @@ from ..algorithms.activations import ActQuantizer
 from ..formats import FormatSpec, QuantizedTensor
 from ..formats.scales import FOUR_THIRDS_GLOBAL
 from ..transforms import Rotation
+from .compiled import compiled_forward, handle
 
 _SCALE_DTYPES = {"e8m0": torch.uint8, "e4m3": torch.float8_e4m3fn, "fp32": torch.float32}
 
@@ -43,6 +44,7 @@ class QuantLinear(nn.Module):
         self._globals = None
         self._tc = None  # the weight in the GPU decode layout (kernels.tc_weight), built on first use
         self._siblings = None  # kernels.siblings group (q/k/v, gate/up) sharing one decode product
+        handle(self)  # its name inside compiled graphs (runtime/compiled.py)
 
     @classmethod
     def from_quantized(cls, q: QuantizedTensor, bias: torch.Tensor | None, rotation: Rotation | None,
@@ -73,6 +75,10 @@ class QuantLinear(nn.Module):
             c = formats.dequantize(self.quantized(), dtype)
             self._w_cache = c
         return c
+
+    def __setstate__(self, state):  # a copy (deepcopy, unpickling) gets its own name in compiled graphs
+        super().__setstate__(state)
+        handle(self, fresh=True)
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._w_cache = self._globals = self._tc = None
@@ -112,10 +118,15 @@ class QuantLinear(nn.Module):
         return kernels.available(x) and kernels.supports(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # one opaque op: the compiler fuses the work around it
+            return compiled_forward(self, x)
+        return self.forward_eager(x)
+
+    def forward_eager(self, x: torch.Tensor, use_group: bool = True) -> torch.Tensor:
         if self._use_kernels(x):
             from ..kernels import fp4_linear
 
-            return fp4_linear(x, self)
+            return fp4_linear(x, self, use_group)
         act = self.act_quantizer()
         if act is not None:
             x = act(x)

@@ -4,6 +4,8 @@ import warnings
 import pytest
 import torch
 
+if not torch.cuda.is_available():  # Triton kernels run in the interpreter; must be set before triton (or
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # torch._dynamo, which imports it) is first imported
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 warnings.filterwarnings("ignore", category=DeprecationWarning)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # must be set before the kernels are defined
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # as conftest.py: before the kernels are defined
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..runtime.compiled import handle
+from ..runtime.compiled import handle, mark_constants
 
 SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
@@ -24,6 +24,7 @@ class Siblings:
         self.bias = None
         self.last = None  # (input, outputs, members still to be served)
         handle(self)  # its name inside compiled graphs (runtime/compiled.py)
+        mark_constants()
 
     def weight(self):
         from .tcgemv import packed_once

@@ -3,8 +3,9 @@ the linears (norms, rotary, residuals, SiLU) while the FP4 kernels run exactly a
 
 Ops take no modules, so each module (and sibling group) gets an integer handle. A sibling group (q/k/v,
 gate/up; `kernels/siblings.py`) is one op returning the members' outputs side by side, which each member
-slices in the traced graph; the members' identical calls are merged by the compiler's common-subexpression
-pass, so the group runs once per input, as it does eagerly, and no op returns a view of another's output.
+slices in the traced graph. The compiler does not merge calls of an opaque op, so `compile` adds a post-grad
+pass that keeps the first of the members' identical calls: the group runs once per input, as it does eagerly,
+and no op returns a view of another's output.
 """
 from __future__ import annotations
 
@@ -57,9 +58,17 @@ def _(x, h):
     return x.new_empty((*x.shape[:-1], sum(_lookup(h).sizes)))
 
 
-@torch.compiler.assume_constant_result
 def _group_serves(h: int, rows: int, device: str, dtype_name: str) -> bool:
+    """Traced as a constant (see mark_constants): whether the group's op serves this call."""
     return _lookup(h).serves(rows, torch.device(device), getattr(torch, dtype_name))
+
+
+def mark_constants() -> None:
+    """Let torch.compile take _group_serves' result as a constant instead of tracing into it (it may re-lay a
+    weight). Called when a sibling group is made: marking imports torch._dynamo (~2 s, and Triton), which
+    importing mrgptq should not."""
+    if not getattr(_group_serves, "_dynamo_marked_constant", False):
+        torch.compiler.assume_constant_result(_group_serves)
 
 
 def compiled_forward(module, x: torch.Tensor) -> torch.Tensor:

@@ -1,15 +1,13 @@
 """Triton kernels against the formats/ reference, with poisoned outputs so an unwritten element fails.
 
-On a CPU machine they run in Triton's interpreter (TRITON_INTERPRET=1, small shapes); with a GPU, on the GPU
-at Llama-sized shapes. Quantize: codes and scales bit-exact. GEMMs: within bf16 rounding of the output.
+On a CPU machine they run in Triton's interpreter (TRITON_INTERPRET=1, set in conftest.py; small shapes); with
+a GPU, on the GPU at Llama-sized shapes. Quantize: codes and scales bit-exact. GEMMs: within bf16 rounding of the output.
 """
 import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # as conftest.py: before the kernels are defined
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
@@ -197,7 +195,7 @@ def test_mxfp4_as_fp8_rows_is_exact():
     within 2^14 of its row's largest; a group far below it keeps only E4M3-subnormal precision."""
     from mrgptq.kernels.fp8 import fp8_rows
 
-    N, K = SHAPES[1][0] - 5, SHAPES[1][1]  # not a multiple of the 32-row tile
+    N, K = SHAPES[1][0] - 5, SHAPES[1][1]  # not a multiple of the row tile
     W = student_t((N, K), seed=9) * 0.02
     W[1, 64:96] *= 2.0**-10  # a small group, still exact
     W[2, :32] *= 2.0**-30  # far below: rounded
@@ -233,7 +231,7 @@ def test_dequantize_kernel_is_bit_exact(fmt, dtype):
     two float32 stores), including all-zero groups and a partial last row tile."""
     from mrgptq.kernels.gemm import dequantize
 
-    N, K = SHAPES[1][0] - 5, SHAPES[1][1]  # not a multiple of the 32-row tile
+    N, K = SHAPES[1][0] - 5, SHAPES[1][1]  # not a multiple of the row tile
     W = student_t((N, K), seed=8) * 0.02
     W[0, :64] = 0  # all-zero groups: zero scales
     q = formats.quantize(W, fmt)

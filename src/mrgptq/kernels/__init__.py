@@ -89,7 +89,7 @@ def fp4_linear(x: torch.Tensor, module, use_group: bool = True) -> torch.Tensor:
     x2 = x.reshape(-1, K)
     rows = x2.shape[0]
     group = getattr(module, "_siblings", None) if use_group else None
-    if group is not None and rows <= TC_ROWS and group.weight() is not None:  # q/k/v or gate/up: one product
+    if group is not None and group.one_gemm(rows):  # q/k/v or gate/up: one product
         return group.output(module, x, lambda: sibling_product(x2, group)).reshape(*lead, -1)
     gw, ga = module.global_divisors()
     tw = tc_weight(module) if rows <= TC_ROWS else None

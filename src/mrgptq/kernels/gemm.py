@@ -137,23 +137,21 @@ def _sm_count(device) -> int:
 
 
 @triton.jit
-def pair_operand(ptr, sptr, rows, rmask, t, K, T: tl.constexpr, G: tl.constexpr):
-    """Groups t*T .. t*T+T-1 of R packed rows, with no reshape: the bytes (R, T, G/2) as int32 (each holds an
-    even element in its low nibble and the next odd one in its high nibble) and the raw group scales (R, T).
-    Outputs are written as pairs too (two 16-bit or 8-bit values per word), so no layout conversion is needed."""
-    g = t * T + tl.arange(0, T)
-    b = tl.arange(0, G // 2)
-    packed = tl.load(ptr + rows[:, None, None] * (K // 2) + g[None, :, None] * (G // 2) + b[None, None, :],
-                     mask=rmask[:, None, None], other=0)
-    s = tl.load(sptr + rows[:, None] * (K // G) + g[None, :], mask=rmask[:, None])  # masked rows: unused
-    return packed.to(tl.int32), s
-
-
-@triton.jit
 def pair_offsets(rows, t, K, T: tl.constexpr, G: tl.constexpr):
     """Offsets of the (R, T, G/2) element pairs of pair_operand in an (R, K/2) array of pairs."""
     g = t * T + tl.arange(0, T)
     return rows[:, None, None] * (K // 2) + g[None, :, None] * (G // 2) + tl.arange(0, G // 2)[None, None, :]
+
+
+@triton.jit
+def pair_operand(ptr, sptr, rows, rmask, t, K, T: tl.constexpr, G: tl.constexpr):
+    """Groups t*T .. t*T+T-1 of R packed rows, with no reshape: the bytes (R, T, G/2) as int32 (each holds an
+    even element in its low nibble and the next odd one in its high nibble) and the raw group scales (R, T).
+    Outputs are written as pairs too (two 16-bit or 8-bit values per word), so no layout conversion is needed."""
+    packed = tl.load(ptr + pair_offsets(rows, t, K, T, G), mask=rmask[:, None, None], other=0)
+    g = t * T + tl.arange(0, T)
+    s = tl.load(sptr + rows[:, None] * (K // G) + g[None, :], mask=rmask[:, None])  # masked rows: unused
+    return packed.to(tl.int32), s
 
 
 # A byte's two codes as float32 E2M1 values times 2^-126, by placing bits alone: the magnitude code at bits

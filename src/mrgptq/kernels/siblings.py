@@ -45,15 +45,18 @@ class Siblings:
         self.__dict__.update(state)
         handle(self, fresh=True)
 
+    def one_gemm(self, rows: int) -> bool:
+        """Whether the GPU kernels compute the group's product for `rows` rows as one decode GEMM (decode sizes,
+        and the concatenated weight fits the decode layout)."""
+        from .. import kernels
+
+        return rows <= kernels.TC_ROWS and self.weight() is not None
+
     def serves(self, rows: int, device: torch.device, dtype: torch.dtype) -> bool:
         """Whether members' calls on such an input run as one product (the GPU decode path; on the CPU the
         group's product is the members' own outputs side by side, which costs the same)."""
-        from .. import kernels
-
         probe = torch.empty(0, device=device, dtype=dtype)
-        if not self.members[0]._use_kernels(probe):
-            return True
-        return rows <= kernels.TC_ROWS and self.weight() is not None
+        return not self.members[0]._use_kernels(probe) or self.one_gemm(rows)
 
     def offset(self, module) -> int:
         """Where module's outputs start in the group's product."""
@@ -61,11 +64,10 @@ class Siblings:
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         """Every member's output for x side by side (..., sum of out_features)."""
-        from .. import kernels
+        if self.members[0]._use_kernels(x) and self.one_gemm(x.numel() // x.shape[-1]):
+            from ..kernels import sibling_product
 
-        if self.members[0]._use_kernels(x) and x.numel() // x.shape[-1] <= kernels.TC_ROWS \
-                and self.weight() is not None:
-            return kernels.sibling_product(x, self)
+            return sibling_product(x, self)
         return torch.cat([m.forward_eager(x, use_group=False) for m in self.members], dim=-1)
 
     def shared(self, module, x, compute):

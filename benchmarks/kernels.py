@@ -221,7 +221,8 @@ def quantize_rows(dev, M=4096):
 
 
 def quantize_sweep(dev, M=4096):
-    """(BLOCK_M, BLOCK_K, K_PROGRAMS, warps) of the rotate+quantize kernel: which tile the heuristic should pick."""
+    """(BLOCK_M, BLOCK_K, PER_SM, warps) of the rotate+quantize kernel: which tile and how many programs per SM
+    the heuristic should pick."""
     import itertools
 
     from mrgptq.kernels.gemm import _sm_count
@@ -232,8 +233,8 @@ def quantize_sweep(dev, M=4096):
         for fmt, block in (("mxfp4", 32), ("nvfp4", 16)):
             spec, gs, rule, nbytes = act_case(fmt, xs[0])
             times = {}
-            for bm, bk, kp, warps in itertools.product((32, 64), (64, 128, 256), (1, 2, 4, 8, 1000), (4, 8)):
-                cfg = (bm, bk, min(kp, K // bk), warps)
+            for bm, bk, per_sm, warps in itertools.product((16, 32), (128, 256), (3, 4, 6, 8), (4, 8)):
+                cfg = (bm, bk, per_sm, warps)
                 if cfg not in times:
                     times[cfg] = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs, config=cfg), len(xs))
             best = min(times, key=times.get)

@@ -2,7 +2,7 @@
 (BN, BW, MP, SPLIT_K, warps, PF) the heuristic should pick. Checks every config against the dequantized reference,
 times it from a CUDA graph (rotating weight copies), prints the best three and the heuristic's pick.
 
-    python benchmarks/tc_sweep.py [--m 1] [--json out/tc_sweep.json]
+    python benchmarks/tc_sweep.py [--m 1] [--fmts mxfp4,nvfp4] [--wide] [--json out/tc_sweep.json]
 """
 import argparse
 import json
@@ -21,33 +21,44 @@ from mrgptq.kernels.tcgemv import _pick, tc_gemv, tc_pack
 ap = argparse.ArgumentParser()
 ap.add_argument("--m", type=int, default=1, help="rows of x (tokens)")
 ap.add_argument("--json", default="out/tc_sweep.json")
+ap.add_argument("--fmts", default="mxfp4,nvfp4")
+ap.add_argument("--wide", action="store_true", help="also 256- and 512-wide k steps and 8-warp tiles")
 args = ap.parse_args()
 kb.GRAPHS = True
+
+
+def trial(res, cfg, x, tcb, alpha, ref, n_w):
+    """Check config `cfg` against the reference, then time it into res[cfg] (microseconds)."""
+    try:
+        y = tc_gemv(x, tcb[0], alpha, config=cfg).float()
+        rel = ((y - ref).norm() / ref.norm()).item()
+        if not rel < 1e-2:
+            print("WRONG", cfg, rel, flush=True)
+        res[cfg] = kb.bench(lambda i: tc_gemv(x, tcb[i], alpha, config=cfg), n_w) * 1e6
+    except Exception as e:
+        print("fail", cfg, repr(e)[:300], flush=True)
+
+
 rows = []
 M = args.m
+tiles_cfgs = [(64, 16, 1, 4), (64, 16, 2, 4), (128, 16, 2, 4)]  # (BN, BW, PF, warps)
+if args.wide:
+    tiles_cfgs += [(64, 32, 1, 4), (64, 32, 2, 4), (64, 64, 1, 4), (128, 32, 1, 8), (128, 16, 1, 8)]
 for name, (N, K) in list(kb.SHAPES.items())[:4]:
     n_w = kb.copies(N * K // 2)
     x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
     t_bf16 = kb.bf16_time(x, N, K)
-    for fmt in ("mxfp4", "nvfp4"):
+    for fmt in args.fmts.split(","):
         q, bufs, alpha, wdq = kb.packed_weights(fmt, N, K, n_w, "cuda")
         tcb = [tc_pack(*b, q.spec) for b in bufs]
+        ref = x.float() @ wdq.float().T
         res = {}
-        for bn, bw, pf in ((64, 16, 1), (64, 16, 2), (128, 16, 2)):
+        for bn, bw, pf, warps in tiles_cfgs:
             tiles = -(-N // bn)
             for split in (1, 2, 4, 8, 16):
                 if tiles * split > 8 * 132 or (tiles * split) < 32 or split * 2 > K // (bw * 8):
                     continue
-                cfg = (bn, bw, 16, split, 4, pf)
-                try:
-                    y = tc_gemv(x, tcb[0], alpha, config=cfg).float()
-                    ref = x.float() @ wdq.float().T
-                    rel = ((y - ref).norm() / ref.norm()).item()
-                    if not rel < 1e-2:
-                        print("WRONG", cfg, rel, flush=True)
-                    res[cfg] = kb.bench(lambda i: tc_gemv(x, tcb[i], alpha, config=cfg), n_w) * 1e6
-                except Exception as e:
-                    print("fail", cfg, repr(e)[:300], flush=True)
+                trial(res, (bn, bw, 16, split, warps, pf), x, tcb, alpha, ref, n_w)
         best = sorted(res, key=res.get)[:3]
         h = _pick(M, N, K, _sm_count(x.device))
         print(f"{name:12s} {fmt} M={M} bf16 {t_bf16:.1f}us best " + "; ".join(f"{c} {res[c]:.1f}us x{t_bf16/res[c]:.2f}" for c in best)

@@ -19,6 +19,22 @@ def test_static_cache_decode_is_greedy_generation():
     assert torch.equal(toks, ref) and secs > 0 and graphs == (dev == "cuda")
 
 
+def test_prefill_is_timed_from_one_cuda_graph_on_the_gpu():
+    """The prefill forward of a W4A4 model (rotate+quantize, FP8 operands, the shared sibling operand) can be
+    captured whole, so its time is GPU time; the CPU times it eagerly and says so."""
+    from mrgptq.algorithms import QuantConfig
+    from mrgptq.kernels.siblings import fuse_siblings
+    from mrgptq.model.pipeline import quantize_data_free
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    m = tiny_llama(layers=2).to(dev, torch.bfloat16 if dev == "cuda" else torch.float32)  # bf16: the kernels
+    quantize_data_free(m, QuantConfig(format="mxfp4", method="rtn", transform="hadamard", w4a4=True))
+    fuse_siblings(m)
+    r = speed.prefill_seconds(m, 2, 96, reps=2)
+    assert r["cuda_graphs"] == (dev == "cuda"), r.get("eager_because")
+    assert r["seconds"] > 0
+
+
 def test_bench_e2e_on_a_tiny_config(tmp_path, capsys):
     tiny_llama(layers=2).config.save_pretrained(tmp_path / "cfg")
     out = tmp_path / "r.json"

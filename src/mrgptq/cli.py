@@ -524,7 +524,8 @@ def cmd_bench_e2e(a) -> int:
     dev_name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     print(f"{target} ({config.num_hidden_layers} blocks) on {dev_name}; prompt {a.prompt_len}, "
           f"{a.new_tokens} new tokens; decode {'torch.compile + ' if a.compile else ''}"
-          f"{'eager' if a.no_graphs else 'CUDA graphs'}; (xN) = speed-up over {base_name} in this run")
+          f"{'eager' if a.no_graphs else 'CUDA graphs'}; prefill {'eager' if a.no_graphs else 'one CUDA graph'}; "
+          f"(xN) = speed-up over {base_name} in this run")
     print(_fmt_table(headers, rows))
     if a.json:
         import datetime

@@ -135,27 +135,54 @@ def _cache_tensors(cache) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def prefill_seconds(model, batch: int, seqlen: int, reps: int = 5, seed: int = 0) -> float:
-    """Median time of one forward over (batch, seqlen) random tokens, keeping the last position's logits."""
+def prefill_seconds(model, batch: int, seqlen: int, reps: int = 5, seed: int = 0, graphs: bool = True) -> dict:
+    """Median time of one forward over (batch, seqlen) random tokens, keeping the last position's logits:
+    {"seconds", "cuda_graphs"[, "eager_because"]}. With `graphs` (CUDA) the forward is captured once and
+    replayed, so the time is the GPU's and not the Python launches' (an eager 32-block forward is hundreds of
+    launches whose host-side stalls varied the W4A4 time by 50% between runs); it is timed eagerly where
+    capture fails, and `eager_because` says why."""
     dev = next(model.parameters()).device
     ids = torch.randint(0, model.config.vocab_size, (batch, seqlen), generator=torch.Generator().manual_seed(seed))
     ids = ids.to(dev)
-    model(input_ids=ids, use_cache=False, logits_to_keep=1)  # warm-up
+
+    def fwd():
+        return model(input_ids=ids, use_cache=False, logits_to_keep=1).logits
+
+    fwd()  # warm-up: kernels compiled, lazy buffers made
+    run, used, why = fwd, False, None
+    if graphs and dev.type == "cuda":
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                fwd()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                fwd()
+            run, used = graph.replay, True
+        except RuntimeError as e:  # a forward that cannot be captured: time it eagerly, and say why
+            why = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            torch.cuda.synchronize()
     times = []
     for _ in range(reps):
         _sync(dev)
         t0 = time.perf_counter()
-        model(input_ids=ids, use_cache=False, logits_to_keep=1)
+        run()
         _sync(dev)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    out = {"seconds": statistics.median(times), "cuda_graphs": used}
+    if why is not None:
+        out["eager_because"] = why
+    return out
 
 
 def measure(model, batches=(1, 8, 32), prompt_len: int = 128, new_tokens: int = 256,
             prefills=((1, 4096), (8, 1024)), graphs: bool = True, compile: bool = False) -> dict:
     """Decode tokens/s per batch size, prefill seconds per (batch, seqlen), and peak device memory.
     `compile`: decode steps run the model's forward through torch.compile (runtime.compiled.compile: the FP4
-    linears stay opaque ops, the compiler fuses the rest); prefill stays eager."""
+    linears stay opaque ops, the compiler fuses the rest); prefill is one replayed CUDA graph (eager with
+    graphs=False)."""
     dev = next(model.parameters()).device
     cuda = dev.type == "cuda"
     if cuda:
@@ -177,7 +204,7 @@ def measure(model, batches=(1, 8, 32), prompt_len: int = 128, new_tokens: int = 
         _, secs, used = decode(model, b, prompt_len, new_tokens, graphs, forward=forward)
         res["decode"][str(b)] = {"tokens_per_s": b * (new_tokens - 1) / secs, "cuda_graphs": used}
     for b, s in prefills:
-        res["prefill"][f"{b}x{s}"] = {"seconds": prefill_seconds(model, b, s)}
+        res["prefill"][f"{b}x{s}"] = prefill_seconds(model, b, s, graphs=graphs)
     res["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     res["weights_gib"] = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**30
     return res

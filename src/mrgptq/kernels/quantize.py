@@ -46,25 +46,27 @@ def _block_rotate(x, h, B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.cons
 
 @triton.jit
 def _rotate_quantize_kernel(
-    x_ptr, h_ptr, packed_ptr, scale_ptr, gs_ptr, M, K, stride_xm, K_PROGRAMS,
+    x_ptr, h_ptr, packed_ptr, scale_ptr, gs_ptr, M, K, stride_xm, PROGRAMS,
     B: tl.constexpr, G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
     ROTATE: tl.constexpr, NV: tl.constexpr, RULE: tl.constexpr, GDIV: tl.constexpr, INV_SQRT_B: tl.constexpr,
     F32_DOT: tl.constexpr,
 ):
-    """Each program walks K tiles pid_k, pid_k + K_PROGRAMS, ... of its rows (address setup and H amortized).
+    """Persistent: the (row block, K tile) units are one row-major list and program p takes units p, p +
+    PROGRAMS, ...; with one program per resident slot no SM idles in a last partial wave.
 
     Per element the work is what bandwidth allows (~25 instructions): one product, one bf16 rounding, the
     group max, one multiply by 2^-e (MXFP4: an exact division) or a correctly rounded division (NVFP4), the
     bit-trick encode and half a pack. Codes stay int32 until the store (8-bit arithmetic costs extra)."""
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rmask = rows < M
     if ROTATE:
         h = _load_h(h_ptr, B)
     if NV:
         gs = tl.load(gs_ptr)
-    for kt in range(pid_k, K // BLOCK_K, K_PROGRAMS):
+    k_tiles = K // BLOCK_K
+    for u in range(tl.program_id(0), tl.cdiv(M, BLOCK_M) * k_tiles, PROGRAMS):
+        rb = u // k_tiles
+        kt = u - rb * k_tiles
+        rows = rb * BLOCK_M + tl.arange(0, BLOCK_M)
+        rmask = rows < M
         cols = kt * BLOCK_K + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=rmask[:, None], other=0.0)
         if ROTATE:
@@ -138,12 +140,12 @@ def _hadamard_pm1(b: int, device) -> torch.Tensor:
 
 
 def _pick(M: int, K: int, min_k: int, sms: int):
-    """(BLOCK_M, BLOCK_K, K_PROGRAMS, warps): 32 x 128 tiles, 8 programs along K for a prefill (the best of
-    the H100 sweep at M=4096, K 4096 and 14336; BENCHMARKS.md), more when few rows must fill the GPU."""
+    """(BLOCK_M, BLOCK_K, PER_SM, warps): 32 x 128 tiles, 8 programs per SM: within 2% of the best of the
+    H200 sweep for both formats at M=4096, K 4096 and 14336 (BENCHMARKS.md). The best, 16 x 256, sums the
+    rotation's products on the tensor cores in another order: an NVFP4 b128 value then landed a bf16 step
+    away from `rotate`'s, against which the GPU test checks codes bit-exact; 32 x 128 agrees there."""
     bk = 128 if K % 128 == 0 and min_k <= 128 else min_k
-    k_tiles = K // bk
-    k_programs = min(k_tiles, max(8, triton.cdiv(8 * sms, triton.cdiv(M, 32))))
-    return 32, bk, k_programs, 4
+    return 32, bk, 8, 4
 
 
 def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: str = "spec",
@@ -151,7 +153,8 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
     """(packed codes (M, K/2) uint8, scales (M, K/g)) of Q(x R), R the block-`block` Hadamard (None: no R).
 
     Leading dims of x are flattened. NVFP4 needs its static per-tensor `global_scale`.
-    `config` = (BLOCK_M, BLOCK_K, K_PROGRAMS, warps) overrides the heuristic (benchmarks sweep it).
+    `config` = (BLOCK_M, BLOCK_K, PER_SM, warps) overrides the heuristic (benchmarks sweep it): tile, and
+    programs per SM of the persistent grid.
     """
     from ..formats.scales import FOUR_THIRDS_GLOBAL
     from .gemm import _sm_count
@@ -170,10 +173,11 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
     min_k = max(b, g, 64)
     if K % min_k:
         raise MrgptqError(f"rotate_quantize: K={K} must be a multiple of {min_k}")
-    bm, bk, kp, warps = config or _pick(M, K, min_k, _sm_count(x.device))
+    nv = spec.scale_dtype == "e4m3"
+    sms = _sm_count(x.device)
+    bm, bk, per_sm, warps = config or _pick(M, K, min_k, sms)
     if bk % min_k or K % bk:
         raise MrgptqError(f"rotate_quantize: K tile {bk} must divide K={K} and be a multiple of {min_k}")
-    nv = spec.scale_dtype == "e4m3"
     if nv and global_scale is None:
         raise MrgptqError("rotate_quantize: NVFP4 needs the static activation global scale")
     sdt = torch.float8_e4m3fn if nv else torch.uint8
@@ -185,9 +189,9 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
     h = _hadamard_pm1(b, x.device) if block is not None else packed  # dummy pointer when not rotating
     gs = global_scale.reshape(1).float().to(x.device) if nv else packed
     gdiv = FOUR_THIRDS_GLOBAL if (not nv and rule == "four-thirds") else 1.0
-    grid = (triton.cdiv(M, bm), kp)
-    _rotate_quantize_kernel[grid](
-        x2, h, packed, scales, gs, M, K, x2.stride(0), kp,
+    programs = max(1, min(triton.cdiv(M, bm) * (K // bk), per_sm * sms))
+    _rotate_quantize_kernel[(programs,)](
+        x2, h, packed, scales, gs, M, K, x2.stride(0), programs,
         B=b, G=g, BLOCK_M=bm, BLOCK_K=bk, ROTATE=block is not None, NV=nv,
         RULE=RULE_IDS.get(rule, 0), GDIV=gdiv, INV_SQRT_B=float(b) ** -0.5, F32_DOT=INTERPRET, num_warps=warps,
     )

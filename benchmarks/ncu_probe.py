@@ -1,0 +1,38 @@
+"""A few launches of the decode GEMM (`tc`: gate_up, down, o at M=1, MXFP4) or the rotate+quantize kernel
+(`rq`: MXFP4 b32 and NVFP4 b16, M=K=4096) for Nsight Compute to read the counters of:
+
+    S="--section SpeedOfLight --section WarpStateStats --section MemoryWorkloadAnalysis --section Occupancy \\
+       --section LaunchStats --section SchedulerStats"
+    ncu --clock-control none -k regex:_tc_gemv_kernel $S -c 6 python benchmarks/ncu_probe.py tc
+    ncu --clock-control none -k regex:_rotate_quantize $S -c 4 python benchmarks/ncu_probe.py rq
+"""
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import kernels as kb
+
+from mrgptq import formats
+from mrgptq.kernels.quantize import rotate_quantize
+from mrgptq.kernels.tcgemv import tc_gemv, tc_pack
+
+if sys.argv[1:] == ["tc"]:
+    for name in ("8B gate_up", "8B down", "8B o"):
+        N, K = kb.SHAPES[name]
+        x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
+        q, bufs, alpha, _ = kb.packed_weights("mxfp4", N, K, 1, "cuda")
+        tw = tc_pack(*bufs[0], q.spec)
+        for _ in range(2):
+            tc_gemv(x, tw, alpha)
+elif sys.argv[1:] == ["rq"]:
+    x = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    for fmt, block in (("mxfp4", 32), ("nvfp4", 16)):
+        spec = formats.get_spec(fmt)
+        gs = formats.nv_global_scale(x.float()).reshape(1) if fmt == "nvfp4" else None
+        for _ in range(2):
+            rotate_quantize(x, spec, block, global_scale=gs)
+else:
+    sys.exit("usage: python benchmarks/ncu_probe.py tc|rq")
+torch.cuda.synchronize()

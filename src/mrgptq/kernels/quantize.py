@@ -52,7 +52,7 @@ def _rotate_quantize_kernel(
     F32_DOT: tl.constexpr,
 ):
     """Persistent: the (row block, K tile) units are one row-major list and program p takes units p, p +
-    PROGRAMS, ...; with one program per resident slot no SM idles in a last partial wave.
+    PROGRAMS, ... (H loaded once per program; a fixed number of programs per SM, so no partial last wave).
 
     Per element the work is what bandwidth allows (~25 instructions): one product, one bf16 rounding, the
     group max, one multiply by 2^-e (MXFP4: an exact division) or a correctly rounded division (NVFP4), the

@@ -81,6 +81,24 @@ def decode_step(model, batch: int, prompt_len: int, new_tokens: int, seed: int =
     return step
 
 
+def _capture(fn, warmups: int, after_warmup=None):
+    """(CUDA graph of fn(), its output): fn runs `warmups` times on a side stream first (kernels compiled,
+    lazy buffers made), then `after_warmup()` (undo what the warm-up wrote), then the capture. Raises
+    RuntimeError where fn cannot be captured."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmups):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    if after_warmup is not None:
+        after_warmup()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
 @torch.no_grad()
 def decode(model, batch: int, prompt_len: int, new_tokens: int, graphs: bool = True, seed: int = 0, forward=None):
     """Greedy decoding of `new_tokens` after a random prompt. Returns (token ids (batch, new_tokens), seconds
@@ -93,17 +111,12 @@ def decode(model, batch: int, prompt_len: int, new_tokens: int, graphs: bool = T
     if graphs and dev.type == "cuda":
         try:
             saved = [(t, t.clone()) for t in _cache_tensors(cache)]
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):  # warm-up: kernels compiled, lazy buffers made, scales cached
-                    step()
-            torch.cuda.current_stream().wait_stream(side)
-            for t, v in saved:  # undo the warm-up's cache writes (and position counters), in place
-                t.copy_(v)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = step()
+
+            def restore():  # undo the warm-up's cache writes (and position counters), in place
+                for t, v in saved:
+                    t.copy_(v)
+
+            graph, out = _capture(step, 2, restore)  # two warm-ups: scales cached too
         except RuntimeError:  # a model whose forward cannot be captured: time it eagerly, and say so
             graph = None
             torch.cuda.synchronize()
@@ -152,15 +165,7 @@ def prefill_seconds(model, batch: int, seqlen: int, reps: int = 5, seed: int = 0
     run, used, why = fwd, False, None
     if graphs and dev.type == "cuda":
         try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                fwd()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                fwd()
-            run, used = graph.replay, True
+            run, used = _capture(fwd, 1)[0].replay, True
         except RuntimeError as e:  # a forward that cannot be captured: time it eagerly, and say why
             why = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             torch.cuda.synchronize()

@@ -173,11 +173,11 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
     min_k = max(b, g, 64)
     if K % min_k:
         raise MrgptqError(f"rotate_quantize: K={K} must be a multiple of {min_k}")
-    nv = spec.scale_dtype == "e4m3"
     sms = _sm_count(x.device)
     bm, bk, per_sm, warps = config or _pick(M, K, min_k, sms)
     if bk % min_k or K % bk:
         raise MrgptqError(f"rotate_quantize: K tile {bk} must divide K={K} and be a multiple of {min_k}")
+    nv = spec.scale_dtype == "e4m3"
     if nv and global_scale is None:
         raise MrgptqError("rotate_quantize: NVFP4 needs the static activation global scale")
     sdt = torch.float8_e4m3fn if nv else torch.uint8

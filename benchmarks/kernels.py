@@ -5,7 +5,7 @@
 
 Times are triton.testing.do_bench medians over rotating copies of the operands (more bytes than L2 holds),
 so weights stream from HBM as in real decoding. Per call, so small shapes include Python launch cost;
-`--cuda-graphs` replays the calls from one CUDA graph instead (added after the last GPU session: not yet run).
+`--cuda-graphs` replays the calls from one CUDA graph instead.
 Prints a table; writes JSON.
 """
 from __future__ import annotations
@@ -213,6 +213,11 @@ def quantize_rows(dev, M=4096):
             t = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs), len(xs))
             rows.append({"kernel": "rotate+quantize", "M": M, "K": K, "format": fmt, "block": block, "us": t * 1e6,
                          "GB/s": nbytes / t / 1e9, "copy_GB/s": copy_bw / 1e9, "of_copy": nbytes / t / copy_bw})
+            if fmt == "mxfp4":  # the same kernel with its float32 encode (runs=False): the A/B of the bf16x2 one
+                t0 = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs, runs=False), len(xs))
+                rows.append({"kernel": "rq fp32-encode", "M": M, "K": K, "format": fmt, "block": block,
+                             "us": t0 * 1e6, "GB/s": nbytes / t0 / 1e9, "copy_GB/s": copy_bw / 1e9,
+                             "of_copy": nbytes / t0 / copy_bw})
         t = bench(lambda i: rotate(xs[i], 32), len(xs))
         rows.append({"kernel": "rotate (W4A16)", "M": M, "K": K, "format": "bf16", "block": 32, "us": t * 1e6,
                      "GB/s": 2 * M * K * 2 / t / 1e9, "copy_GB/s": copy_bw / 1e9,
@@ -230,15 +235,16 @@ def quantize_sweep(dev, M=4096):
 
     rows = []
     for K, xs, copy_bw in activations(dev, M):
-        for fmt, block in (("mxfp4", 32), ("nvfp4", 16)):
+        for fmt, block in (("mxfp4", 32), ("mxfp4", 128), ("nvfp4", 16)):
             spec, gs, rule, nbytes = act_case(fmt, xs[0])
             times = {}
-            for bm, bk, per_sm, warps in itertools.product((16, 32), (128, 256), (3, 4, 6, 8), (4, 8)):
+            for bm, bk, per_sm, warps in itertools.product((16, 32, 64), (128, 256), (2, 4, 8), (4, 8)):
                 cfg = (bm, bk, per_sm, warps)
-                if cfg not in times:
+                if cfg not in times and bk >= block:
                     times[cfg] = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs, config=cfg), len(xs))
             best = min(times, key=times.get)
-            heur = _pick(M, K, max(block, spec.group_size, 64), _sm_count(xs[0].device))
+            heur = _pick(M, K, max(block, spec.group_size, 64), _sm_count(xs[0].device),
+                         block if fmt == "mxfp4" else None)
             t_h = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs), len(xs))
             rows.append({"kernel": "quantize sweep", "M": M, "K": K, "format": fmt, "block": block,
                          "best": best, "best_us": times[best] * 1e6, "best_of_copy": nbytes / times[best] / copy_bw,

@@ -56,6 +56,31 @@ def test_rotate_quantize_is_bit_exact(fmt, rule, block):
     assert torch.equal(formats.unpack(packed), ref.codes)
 
 
+@pytest.mark.skipif(not GPU, reason="the bf16x2 encode is inline PTX")
+@pytest.mark.parametrize("fmt,rule,block", [("mxfp4", "spec", 32), ("mxfp4", "rounded", 64), ("mxfp4", "ceil", 128),
+                                            ("nvfp4", "spec", 16), ("nvfp4", "spec", 64), ("nvfp4", "spec", 128)])
+def test_bf16x2_encode_matches_the_float32_encode(fmt, rule, block):
+    """The kernel's encode on bf16 pairs with H's columns permuted (runs=True) against its float32 encode on the
+    same tile: values on E2M1 ties and past the clamp, scales over 2^40, all-zero rows (zero NVFP4 scales)."""
+    from mrgptq.kernels.gemm import _sm_count
+    from mrgptq.kernels.quantize import _pick
+
+    spec = formats.get_spec(fmt)
+    g = torch.Generator().manual_seed(block)
+    x = student_t((513, K_ACT), seed=block) * torch.exp2(torch.randint(-20, 20, (513, 1), generator=g)).float()
+    x[::50] = 0.0
+    x = x.to(torch.bfloat16).to(DEV)
+    gs = formats.nv_global_scale(rotate(x, block).float()).reshape(1) if fmt == "nvfp4" else None
+    cfg = _pick(513, K_ACT, max(block, 64), _sm_count(x.device), block)  # one tile: the same rotation sums
+    sdt = torch.float8_e4m3fn if fmt == "nvfp4" else torch.uint8
+    outs = []
+    for runs in (True, False):
+        out = (poisoned((513, K_ACT // 2), torch.uint8), poisoned((513, K_ACT // spec.group_size), sdt))
+        outs.append(rotate_quantize(x, spec, block, rule, gs, out=out, config=cfg, runs=runs))
+    assert torch.equal(outs[0][1].view(torch.uint8), outs[1][1].view(torch.uint8))
+    assert torch.equal(outs[0][0], outs[1][0])
+
+
 @pytest.mark.parametrize("block", [16, 32, 128])
 def test_rotate_matches_fwht(block):
     x = student_t((33, K_ACT), seed=block).to(torch.bfloat16).to(DEV)

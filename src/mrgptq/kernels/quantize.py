@@ -13,16 +13,22 @@ import triton.language as tl
 from ..errors import MrgptqError
 from ..formats import FormatSpec
 from ..transforms.hadamard import sylvester
+from .bf16x2 import column_order, encode_ptx, run_length
 from .fp4 import (
     INTERPRET,
     RULE_IDS,
     bf16_round_trip,
+    div_rn_by,
     e2m1_encode,
     e4m3_round,
     mx_exponent,
     pow2,
     store_rounded,
 )
+
+_PTX_MX8 = tl.constexpr(encode_ptx(8, mx=True))
+_PTX_NV8 = tl.constexpr(encode_ptx(8, mx=False))
+_PTX_NV4 = tl.constexpr(encode_ptx(4, mx=False))
 
 
 @triton.jit
@@ -44,23 +50,108 @@ def _block_rotate(x, h, B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.cons
     return tl.reshape(y, (BLOCK_M, BLOCK_K)) * INV_SQRT_B
 
 
+RCP6 = tl.constexpr(float(torch.tensor(1 / 6, dtype=torch.float32)))  # 1/6 rounded to float32 (div_rn_by)
+
+
+@triton.jit
+def _runs(x, h, gs, rcp_gs, packed_ptr, scale_ptr, rows, rmask, kt, K, B: tl.constexpr, BLOCK_M: tl.constexpr,
+          BLOCK_K: tl.constexpr, NV: tl.constexpr, RULE: tl.constexpr, INV_SQRT_B: tl.constexpr):
+    """Quantize one tile with the encode on bf16 pairs (`bf16x2.py`), R = 8 or 4 codes per call.
+
+    H's columns come permuted (`bf16x2.column_order`), so each thread of the rotation's MMA holds runs of R
+    consecutive rotated coordinates: R/2 code bytes, one 32- or 16-bit store. Chunks of 4R coordinates are the
+    4 lanes t of one row; a scale group is G/R of those lanes (MXFP4 4, NVFP4 2 or 4)."""
+    R: tl.constexpr = 8 if B >= 32 else 4
+    G: tl.constexpr = 16 if NV else 32
+    CN: tl.constexpr = BLOCK_K // (4 * R)
+    NG: tl.constexpr = BLOCK_K // G
+    TG: tl.constexpr = G // R
+    y = _block_rotate(x, h, B, BLOCK_M, BLOCK_K, INV_SQRT_B, False)
+    y = tl.permute(tl.reshape(y, (BLOCK_M, CN, R // 2, 4, 2)), (0, 1, 3, 2, 4))  # (row, chunk, t, j, c)
+    yg = tl.reshape(y, (BLOCK_M, NG, TG, R // 2, 2))  # (row, group, lane in the group, j, c)
+    if NV:  # v = y / scale in float32 (correctly rounded), rounded to odd bf16 in the PTX
+        yg = bf16_round_trip(yg, False)  # the runtime rotates into bf16
+        amax = tl.max(tl.max(tl.max(tl.abs(yg), axis=4), axis=3), axis=2)
+        s8 = e4m3_round(tl.minimum(gs * div_rn_by(amax, 6.0, RCP6, False), 448.0)).to(tl.float8e4nv)
+        eff = div_rn_by(s8.to(tl.float32), gs, rcp_gs, False)
+        stored = s8.to(tl.uint8, bitcast=True)
+        d = tl.where(eff > 0, eff, 1.0)
+        v = div_rn_by(yg, d[:, :, None, None, None], tl.math.div_rn(1.0, d)[:, :, None, None, None], False)
+        v = tl.reshape(v, (BLOCK_M, CN, 4, R // 2, 2))
+    else:  # bf16 rounding is monotone: the max of the rounded values is the rounded max
+        amax = bf16_round_trip(tl.max(tl.max(tl.max(tl.abs(yg), axis=4), axis=3), axis=2), False)
+        e = mx_exponent(amax, RULE)
+        stored = (e + 127).to(tl.uint8)
+        inv = tl.reshape(tl.broadcast_to((((127 - e) << 7) * 0x00010001)[:, :, None], (BLOCK_M, NG, TG)),
+                         (BLOCK_M, CN, 4))  # 2^-e as bf16x2
+        v = y
+    if R == 8:
+        v0, v1, v2, v3, v4, v5, v6, v7 = _eight(v)
+        if NV:
+            words = tl.inline_asm_elementwise(_PTX_NV8, "=r,r,r,r,r,r,r,r,r", [v0, v1, v2, v3, v4, v5, v6, v7],
+                                              dtype=tl.int32, is_pure=True, pack=1)
+        else:
+            words = tl.inline_asm_elementwise(_PTX_MX8, "=r,r,r,r,r,r,r,r,r,r",
+                                              [v0, v1, v2, v3, v4, v5, v6, v7, inv], dtype=tl.int32,
+                                              is_pure=True, pack=1)
+    else:
+        ev, od = tl.split(v)
+        v0, v2 = tl.split(ev)
+        v1, v3 = tl.split(od)
+        words = tl.inline_asm_elementwise(_PTX_NV4, "=r,r,r,r,r", [v0, v1, v2, v3], dtype=tl.int32, is_pure=True,
+                                          pack=1)
+    if NV:  # a zero scale: its codes are 0 (formats.quantize)
+        ok = tl.reshape(tl.broadcast_to((eff > 0)[:, :, None], (BLOCK_M, NG, TG)), (BLOCK_M, CN, 4))
+        words = tl.where(ok, words, 0)
+    WN: tl.constexpr = BLOCK_K // R  # words of R / 2 bytes per tile row
+    wcols = kt * WN + tl.arange(0, WN)
+    words = tl.reshape(words, (BLOCK_M, WN))
+    if R == 8:
+        tl.store(packed_ptr.to(tl.pointer_type(tl.int32)) + rows[:, None] * (K // 8) + wcols[None, :], words,
+                 mask=rmask[:, None])
+    else:
+        tl.store(packed_ptr.to(tl.pointer_type(tl.int16)) + rows[:, None] * (K // 4) + wcols[None, :],
+                 words.to(tl.int16), mask=rmask[:, None])
+    scols = kt * NG + tl.arange(0, NG)
+    tl.store(scale_ptr + rows[:, None] * (K // G) + scols[None, :], stored.to(scale_ptr.dtype.element_ty,
+             bitcast=True), mask=rmask[:, None])
+
+
+@triton.jit
+def _eight(v):
+    """(..., 4, 2) -> its 8 values in coordinate order 2j + c."""
+    v = tl.reshape(v, v.shape[:-2] + (2, 2, 2))
+    ev, od = tl.split(v)
+    v00, v01 = tl.split(ev)
+    v10, v11 = tl.split(od)
+    v0, v4 = tl.split(v00)
+    v2, v6 = tl.split(v01)
+    v1, v5 = tl.split(v10)
+    v3, v7 = tl.split(v11)
+    return v0, v1, v2, v3, v4, v5, v6, v7
+
+
 @triton.jit
 def _rotate_quantize_kernel(
     x_ptr, h_ptr, packed_ptr, scale_ptr, gs_ptr, M, K, stride_xm, PROGRAMS,
     B: tl.constexpr, G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
     ROTATE: tl.constexpr, NV: tl.constexpr, RULE: tl.constexpr, GDIV: tl.constexpr, INV_SQRT_B: tl.constexpr,
-    F32_DOT: tl.constexpr,
+    F32_DOT: tl.constexpr, RUNS: tl.constexpr,
 ):
     """Persistent: the (row block, K tile) units are one row-major list and program p takes units p, p +
     PROGRAMS, ... (H loaded once per program; a fixed number of programs per SM, so no partial last wave).
 
-    Per element the work is what bandwidth allows (~25 instructions): one product, one bf16 rounding, the
-    group max, one multiply by 2^-e (MXFP4: an exact division) or a correctly rounded division (NVFP4), the
-    bit-trick encode and half a pack. Codes stay int32 until the store (8-bit arithmetic costs extra)."""
+    The kernel is bound by instruction issue, not bytes (~23 instructions per element here): one product, one
+    bf16 rounding, the group max, one multiply by 2^-e (MXFP4: an exact division) or a correctly rounded
+    division (NVFP4), the bit-trick encode and half a pack. Rotated bf16 input on the GPU takes `_runs`
+    instead, which encodes two elements per instruction (MXFP4 ~15 instructions per element)."""
     if ROTATE:
         h = _load_h(h_ptr, B)
+    gs = 1.0
+    rcp_gs = 1.0
     if NV:
         gs = tl.load(gs_ptr)
+        rcp_gs = tl.math.div_rn(1.0, gs)
     k_tiles = K // BLOCK_K
     for u in range(tl.program_id(0), tl.cdiv(M, BLOCK_M) * k_tiles, PROGRAMS):
         rb = u // k_tiles
@@ -69,36 +160,41 @@ def _rotate_quantize_kernel(
         rmask = rows < M
         cols = kt * BLOCK_K + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=rmask[:, None], other=0.0)
-        if ROTATE:
-            y = _block_rotate(x, h, B, BLOCK_M, BLOCK_K, INV_SQRT_B, F32_DOT)
-            if x.dtype == tl.bfloat16:  # the runtime rotates into bf16, then quantizes (as compressed-tensors)
-                y = bf16_round_trip(y, F32_DOT)
-            elif x.dtype == tl.float16:
-                y = y.to(tl.float16).to(tl.float32)
+        if RUNS:
+            _runs(x, h, gs, rcp_gs, packed_ptr, scale_ptr, rows, rmask, kt, K, B, BLOCK_M, BLOCK_K, NV, RULE,
+                  INV_SQRT_B)
         else:
-            y = x.to(tl.float32)
-        yg = tl.reshape(y, (BLOCK_M, BLOCK_K // G, G))
-        amax = tl.max(tl.abs(yg), axis=2)
-        if NV:
-            s8 = e4m3_round(tl.minimum(gs * tl.math.div_rn(amax, 6.0), 448.0)).to(tl.float8e4nv)  # exact cast
-            eff = tl.math.div_rn(s8.to(tl.float32), gs)
-            stored = s8.to(tl.uint8, bitcast=True)
-            codes = e2m1_encode(tl.math.div_rn(yg, tl.where(eff > 0, eff, 1.0)[:, :, None]))
-            codes = tl.where(eff[:, :, None] > 0, codes, 0)
-        else:
-            e = mx_exponent(amax, RULE)
-            stored = (e + 127).to(tl.uint8)
-            if GDIV != 1.0:
-                codes = e2m1_encode(tl.math.div_rn(yg, tl.math.div_rn(pow2(e), GDIV)[:, :, None]))
-            else:  # dividing by 2^e is multiplying by 2^-e, exactly
-                codes = e2m1_encode(yg * pow2(-e)[:, :, None])
-        lo, hi = tl.split(tl.reshape(codes, (BLOCK_M, BLOCK_K // 2, 2)))
-        pcols = kt * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
-        tl.store(packed_ptr + rows[:, None] * (K // 2) + pcols[None, :], (lo | (hi << 4)).to(tl.uint8),
-                 mask=rmask[:, None])
-        scols = kt * (BLOCK_K // G) + tl.arange(0, BLOCK_K // G)
-        tl.store(scale_ptr + rows[:, None] * (K // G) + scols[None, :], stored.to(scale_ptr.dtype.element_ty,
-                 bitcast=True), mask=rmask[:, None])
+            if ROTATE:
+                y = _block_rotate(x, h, B, BLOCK_M, BLOCK_K, INV_SQRT_B, F32_DOT)
+                if x.dtype == tl.bfloat16:  # the runtime rotates into bf16, then quantizes
+                    y = bf16_round_trip(y, F32_DOT)
+                elif x.dtype == tl.float16:
+                    y = y.to(tl.float16).to(tl.float32)
+            else:
+                y = x.to(tl.float32)
+            yg = tl.reshape(y, (BLOCK_M, BLOCK_K // G, G))
+            amax = tl.max(tl.abs(yg), axis=2)
+            if NV:
+                s8 = e4m3_round(tl.minimum(gs * div_rn_by(amax, 6.0, RCP6, F32_DOT), 448.0)).to(tl.float8e4nv)
+                eff = div_rn_by(s8.to(tl.float32), gs, rcp_gs, F32_DOT)  # (the cast above is exact)
+                stored = s8.to(tl.uint8, bitcast=True)
+                d = tl.where(eff > 0, eff, 1.0)
+                codes = e2m1_encode(div_rn_by(yg, d[:, :, None], tl.math.div_rn(1.0, d)[:, :, None], F32_DOT))
+                codes = tl.where(eff[:, :, None] > 0, codes, 0)
+            else:
+                e = mx_exponent(amax, RULE)
+                stored = (e + 127).to(tl.uint8)
+                if GDIV != 1.0:
+                    codes = e2m1_encode(tl.math.div_rn(yg, tl.math.div_rn(pow2(e), GDIV)[:, :, None]))
+                else:  # dividing by 2^e is multiplying by 2^-e, exactly
+                    codes = e2m1_encode(yg * pow2(-e)[:, :, None])
+            lo, hi = tl.split(tl.reshape(codes, (BLOCK_M, BLOCK_K // 2, 2)))
+            pcols = kt * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+            tl.store(packed_ptr + rows[:, None] * (K // 2) + pcols[None, :], (lo | (hi << 4)).to(tl.uint8),
+                     mask=rmask[:, None])
+            scols = kt * (BLOCK_K // G) + tl.arange(0, BLOCK_K // G)
+            tl.store(scale_ptr + rows[:, None] * (K // G) + scols[None, :], stored.to(scale_ptr.dtype.element_ty,
+                     bitcast=True), mask=rmask[:, None])
 
 
 @triton.jit
@@ -113,13 +209,18 @@ def _rotate_kernel(x_ptr, h_ptr, y_ptr, M, K, stride_xm, B: tl.constexpr, BLOCK_
     store_rounded(y_ptr + rows[:, None] * K + cols[None, :], y, rmask[:, None])
 
 
-def rotate(x: torch.Tensor, block: int, block_m: int = 32) -> torch.Tensor:
-    """x R for a power-of-two block Hadamard R (leading dims flattened), in x's dtype."""
+def rotate(x: torch.Tensor, block: int, block_m: int | None = None) -> torch.Tensor:
+    """x R for a power-of-two block Hadamard R (leading dims flattened), in x's dtype.
+
+    Up to 128-wide blocks the tile has at least 64 rows of blocks, so the product is a wgmma as in
+    `rotate_quantize`'s default tiles: tensor-core instructions of other shapes may round the fp32 sums
+    differently (by a bf16 step)."""
     K = x.shape[-1]
     x2 = x.reshape(-1, K)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     block_k = max(block, 64)
+    block_m = block_m or (max(32, 64 * block // block_k) if block <= 128 else 32)
     if K % block_k:
         raise MrgptqError(f"rotate: K={K} must be a multiple of {block_k}")
     y = torch.empty_like(x2)
@@ -132,29 +233,38 @@ def rotate(x: torch.Tensor, block: int, block_m: int = 32) -> torch.Tensor:
 _H_CACHE: dict = {}
 
 
-def _hadamard_pm1(b: int, device) -> torch.Tensor:
-    key = (b, str(device))
+def _hadamard_pm1(b: int, device, runs: bool = False) -> torch.Tensor:
+    """The +-1 Sylvester block; `runs`: columns in `bf16x2.column_order` (`_runs`)."""
+    key = (b, str(device), runs)
     if key not in _H_CACHE:
-        _H_CACHE[key] = sylvester(b).to(torch.float32).to(device).contiguous()
+        h = sylvester(b).to(torch.float32)
+        if runs:
+            h = h[:, column_order(b)]
+        _H_CACHE[key] = h.to(device).contiguous()
     return _H_CACHE[key]
 
 
-def _pick(M: int, K: int, min_k: int, sms: int):
+def _pick(M: int, K: int, min_k: int, sms: int, runs_block: int | None = None):
     """(BLOCK_M, BLOCK_K, PER_SM, warps): 32 x 128 tiles, 8 programs per SM: within 2% of the best of the
     H200 sweep for both formats at M=4096, K 4096 and 14336 (BENCHMARKS.md). The best, 16 x 256, sums the
     rotation's products on the tensor cores in another order: an NVFP4 b128 value then landed a bf16 step
-    away from `rotate`'s, against which the GPU test checks codes bit-exact; 32 x 128 agrees there."""
+    away from `rotate`'s, against which the GPU test checks codes bit-exact; 32 x 128 agrees there.
+    `runs_block`: the rotation block where `_runs` can run; it needs a rotation tile of >= 64 rows (a
+    wgmma), so blocks of 128 get 64-row tiles, 2 programs per SM (shared memory; the best of the sweep)."""
     bk = 128 if K % 128 == 0 and min_k <= 128 else min_k
+    if runs_block and 32 * bk // runs_block < 64:
+        return 64 * runs_block // bk, bk, 2, 4
     return 32, bk, 8, 4
 
 
 def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: str = "spec",
-                    global_scale: torch.Tensor | None = None, out=None, config=None):
+                    global_scale: torch.Tensor | None = None, out=None, config=None, runs: bool | None = None):
     """(packed codes (M, K/2) uint8, scales (M, K/g)) of Q(x R), R the block-`block` Hadamard (None: no R).
 
     Leading dims of x are flattened. NVFP4 needs its static per-tensor `global_scale`.
     `config` = (BLOCK_M, BLOCK_K, PER_SM, warps) overrides the heuristic (benchmarks sweep it): tile, and
-    programs per SM of the persistent grid.
+    programs per SM of the persistent grid. `runs=False` turns off the bf16x2 encode (`_runs`), which is
+    otherwise used where it applies: rotated bf16 input on the GPU (MXFP4: rotation blocks of 32 or more).
     """
     from ..formats.scales import FOUR_THIRDS_GLOBAL
     from .gemm import _sm_count
@@ -173,11 +283,17 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
     min_k = max(b, g, 64)
     if K % min_k:
         raise MrgptqError(f"rotate_quantize: K={K} must be a multiple of {min_k}")
+    nv = spec.scale_dtype == "e4m3"
+    gdiv = FOUR_THIRDS_GLOBAL if (not nv and rule == "four-thirds") else 1.0
+    # the bf16x2 encode (`_runs`) is inline PTX (GPU only), for bf16 input, rotated, with MXFP4's plain
+    # power-of-two scales or NVFP4; MXFP4 needs rotation blocks of 32 or more (runs of 8 in a group of 32)
+    runs_ok = runs is not False and not INTERPRET and gdiv == 1.0 and x2.dtype == torch.bfloat16 \
+        and block is not None and block <= 128 and (nv or block % 32 == 0)  # (256: H and a 64-row tile overflow
+    # shared memory)
     sms = _sm_count(x.device)
-    bm, bk, per_sm, warps = config or _pick(M, K, min_k, sms)
+    bm, bk, per_sm, warps = config or _pick(M, K, min_k, sms, b if runs_ok else None)
     if bk % min_k or K % bk:
         raise MrgptqError(f"rotate_quantize: K tile {bk} must divide K={K} and be a multiple of {min_k}")
-    nv = spec.scale_dtype == "e4m3"
     if nv and global_scale is None:
         raise MrgptqError("rotate_quantize: NVFP4 needs the static activation global scale")
     sdt = torch.float8_e4m3fn if nv else torch.uint8
@@ -186,13 +302,15 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
         scales = torch.empty((M, K // g), dtype=sdt, device=x.device)
     else:
         packed, scales = out
-    h = _hadamard_pm1(b, x.device) if block is not None else packed  # dummy pointer when not rotating
+    runs = runs_ok and bm * bk // b >= 64 and bk % (4 * run_length(b)) == 0 and packed.data_ptr() % 4 == 0
+    # (a rotation tile of >= 64 rows is a wgmma, whose output columns column_order assumes)
+    h = _hadamard_pm1(b, x.device, runs) if block is not None else packed  # dummy pointer when not rotating
     gs = global_scale.reshape(1).float().to(x.device) if nv else packed
-    gdiv = FOUR_THIRDS_GLOBAL if (not nv and rule == "four-thirds") else 1.0
     programs = max(1, min(triton.cdiv(M, bm) * (K // bk), per_sm * sms))
     _rotate_quantize_kernel[(programs,)](
         x2, h, packed, scales, gs, M, K, x2.stride(0), programs,
         B=b, G=g, BLOCK_M=bm, BLOCK_K=bk, ROTATE=block is not None, NV=nv,
         RULE=RULE_IDS.get(rule, 0), GDIV=gdiv, INV_SQRT_B=float(b) ** -0.5, F32_DOT=INTERPRET, num_warps=warps,
+        RUNS=runs,
     )
     return packed.reshape(*x.shape[:-1], K // 2), scales.reshape(*x.shape[:-1], K // g)

@@ -54,6 +54,15 @@ RCP6 = tl.constexpr(float(torch.tensor(1 / 6, dtype=torch.float32)))  # 1/6 roun
 
 
 @triton.jit
+def _nv_scales(amax, gs, rcp_gs, INTERP: tl.constexpr):
+    """NVFP4 group scales from group maxima (formats.scales): the stored E4M3 byte, the effective scale
+    s / global, and the divisor for the codes (1 where the scale is 0, whose codes are then set to 0)."""
+    s8 = e4m3_round(tl.minimum(gs * div_rn_by(amax, 6.0, RCP6, INTERP), 448.0)).to(tl.float8e4nv)  # exact cast
+    eff = div_rn_by(s8.to(tl.float32), gs, rcp_gs, INTERP)
+    return s8.to(tl.uint8, bitcast=True), eff, tl.where(eff > 0, eff, 1.0)
+
+
+@triton.jit
 def _runs(x, h, gs, rcp_gs, packed_ptr, scale_ptr, rows, rmask, kt, K, B: tl.constexpr, BLOCK_M: tl.constexpr,
           BLOCK_K: tl.constexpr, NV: tl.constexpr, RULE: tl.constexpr, INV_SQRT_B: tl.constexpr):
     """Quantize one tile with the encode on bf16 pairs (`bf16x2.py`), R = 8 or 4 codes per call.
@@ -72,10 +81,7 @@ def _runs(x, h, gs, rcp_gs, packed_ptr, scale_ptr, rows, rmask, kt, K, B: tl.con
     if NV:  # v = y / scale in float32 (correctly rounded), rounded to odd bf16 in the PTX
         yg = bf16_round_trip(yg, False)  # the runtime rotates into bf16
         amax = tl.max(tl.max(tl.max(tl.abs(yg), axis=4), axis=3), axis=2)
-        s8 = e4m3_round(tl.minimum(gs * div_rn_by(amax, 6.0, RCP6, False), 448.0)).to(tl.float8e4nv)
-        eff = div_rn_by(s8.to(tl.float32), gs, rcp_gs, False)
-        stored = s8.to(tl.uint8, bitcast=True)
-        d = tl.where(eff > 0, eff, 1.0)
+        stored, eff, d = _nv_scales(amax, gs, rcp_gs, False)
         v = div_rn_by(yg, d[:, :, None, None, None], tl.math.div_rn(1.0, d)[:, :, None, None, None], False)
         v = tl.reshape(v, (BLOCK_M, CN, 4, R // 2, 2))
     else:  # bf16 rounding is monotone: the max of the rounded values is the rounded max
@@ -175,10 +181,7 @@ def _rotate_quantize_kernel(
             yg = tl.reshape(y, (BLOCK_M, BLOCK_K // G, G))
             amax = tl.max(tl.abs(yg), axis=2)
             if NV:
-                s8 = e4m3_round(tl.minimum(gs * div_rn_by(amax, 6.0, RCP6, F32_DOT), 448.0)).to(tl.float8e4nv)
-                eff = div_rn_by(s8.to(tl.float32), gs, rcp_gs, F32_DOT)  # (the cast above is exact)
-                stored = s8.to(tl.uint8, bitcast=True)
-                d = tl.where(eff > 0, eff, 1.0)
+                stored, eff, d = _nv_scales(amax, gs, rcp_gs, F32_DOT)
                 codes = e2m1_encode(div_rn_by(yg, d[:, :, None], tl.math.div_rn(1.0, d)[:, :, None], F32_DOT))
                 codes = tl.where(eff[:, :, None] > 0, codes, 0)
             else:

@@ -56,10 +56,18 @@ RCP6 = tl.constexpr(float(torch.tensor(1 / 6, dtype=torch.float32)))  # 1/6 roun
 @triton.jit
 def _nv_scales(amax, gs, rcp_gs, INTERP: tl.constexpr):
     """NVFP4 group scales from group maxima (formats.scales): the stored E4M3 byte, the effective scale
-    s / global, and the divisor for the codes (1 where the scale is 0, whose codes are then set to 0)."""
+    s / global, and the divisor for the codes with its correctly rounded reciprocal (1 where the scale is 0,
+    whose codes are then set to 0)."""
     s8 = e4m3_round(tl.minimum(gs * div_rn_by(amax, 6.0, RCP6, INTERP), 448.0)).to(tl.float8e4nv)  # exact cast
     eff = div_rn_by(s8.to(tl.float32), gs, rcp_gs, INTERP)
-    return s8.to(tl.uint8, bitcast=True), eff, tl.where(eff > 0, eff, 1.0)
+    d = tl.where(eff > 0, eff, 1.0)
+    return s8.to(tl.uint8, bitcast=True), eff, d, tl.math.div_rn(1.0, d)
+
+
+@triton.jit
+def _abs_max3(y):
+    """max |y| over the last three axes (a group spread over lanes and registers)."""
+    return tl.max(tl.max(tl.max(tl.abs(y), axis=4), axis=3), axis=2)
 
 
 @triton.jit
@@ -80,12 +88,11 @@ def _runs(x, h, gs, rcp_gs, packed_ptr, scale_ptr, rows, rmask, kt, K, B: tl.con
     yg = tl.reshape(y, (BLOCK_M, NG, TG, R // 2, 2))  # (row, group, lane in the group, j, c)
     if NV:  # v = y / scale in float32 (correctly rounded), rounded to odd bf16 in the PTX
         yg = bf16_round_trip(yg, False)  # the runtime rotates into bf16
-        amax = tl.max(tl.max(tl.max(tl.abs(yg), axis=4), axis=3), axis=2)
-        stored, eff, d = _nv_scales(amax, gs, rcp_gs, False)
-        v = div_rn_by(yg, d[:, :, None, None, None], tl.math.div_rn(1.0, d)[:, :, None, None, None], False)
+        stored, eff, d, rcp_d = _nv_scales(_abs_max3(yg), gs, rcp_gs, False)
+        v = div_rn_by(yg, d[:, :, None, None, None], rcp_d[:, :, None, None, None], False)
         v = tl.reshape(v, (BLOCK_M, CN, 4, R // 2, 2))
     else:  # bf16 rounding is monotone: the max of the rounded values is the rounded max
-        amax = bf16_round_trip(tl.max(tl.max(tl.max(tl.abs(yg), axis=4), axis=3), axis=2), False)
+        amax = bf16_round_trip(_abs_max3(yg), False)
         e = mx_exponent(amax, RULE)
         stored = (e + 127).to(tl.uint8)
         inv = tl.reshape(tl.broadcast_to((((127 - e) << 7) * 0x00010001)[:, :, None], (BLOCK_M, NG, TG)),
@@ -181,8 +188,8 @@ def _rotate_quantize_kernel(
             yg = tl.reshape(y, (BLOCK_M, BLOCK_K // G, G))
             amax = tl.max(tl.abs(yg), axis=2)
             if NV:
-                stored, eff, d = _nv_scales(amax, gs, rcp_gs, F32_DOT)
-                codes = e2m1_encode(div_rn_by(yg, d[:, :, None], tl.math.div_rn(1.0, d)[:, :, None], F32_DOT))
+                stored, eff, d, rcp_d = _nv_scales(amax, gs, rcp_gs, F32_DOT)
+                codes = e2m1_encode(div_rn_by(yg, d[:, :, None], rcp_d[:, :, None], F32_DOT))
                 codes = tl.where(eff[:, :, None] > 0, codes, 0)
             else:
                 e = mx_exponent(amax, RULE)
@@ -289,10 +296,10 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
     nv = spec.scale_dtype == "e4m3"
     gdiv = FOUR_THIRDS_GLOBAL if (not nv and rule == "four-thirds") else 1.0
     # the bf16x2 encode (`_runs`) is inline PTX (GPU only), for bf16 input, rotated, with MXFP4's plain
-    # power-of-two scales or NVFP4; MXFP4 needs rotation blocks of 32 or more (runs of 8 in a group of 32)
+    # power-of-two scales or NVFP4; MXFP4 needs rotation blocks of 32 or more (runs of 8 in a group of 32);
+    # 256-wide blocks stay out (H and a 64-row tile overflow shared memory)
     runs_ok = runs is not False and not INTERPRET and gdiv == 1.0 and x2.dtype == torch.bfloat16 \
-        and block is not None and block <= 128 and (nv or block % 32 == 0)  # (256: H and a 64-row tile overflow
-    # shared memory)
+        and block is not None and block <= 128 and (nv or block % 32 == 0)
     sms = _sm_count(x.device)
     bm, bk, per_sm, warps = config or _pick(M, K, min_k, sms, b if runs_ok else None)
     if bk % min_k or K % bk:

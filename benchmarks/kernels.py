@@ -77,13 +77,22 @@ def packed_weights(fmt, N, K, n, dev):
 
 
 def w4a16_rows(shapes, ms, dev, names=None):
-    """The W4A16 kernels (tensor-core decode GEMM `tc`, CUDA-core GEMV, tile GEMM) against cuBLAS bf16, same M."""
+    """The W4A16 kernels (tensor-core decode GEMM `tc`, its warp-specialized form `ws` (MXFP4, M <= 16, Hopper),
+    CUDA-core GEMV, tile GEMM) against cuBLAS bf16, same M."""
     from mrgptq.kernels.gemm import fp4_matmul
     from mrgptq.kernels.gemv import fp4_gemv
     from mrgptq.kernels.tcgemv import tc_gemv, tc_pack
+    try:
+        from mrgptq.kernels.wsgemv import gluon_ok, ws_gemv
+        ws_ok = gluon_ok(torch.device(dev))
+    except ImportError:
+        ws_ok = False
 
     def kernels(x, q, bufs, tcb, alpha):
-        return {"tc": lambda i: tc_gemv(x, tcb[i], alpha),
+        ks = {"tc": lambda i: tc_gemv(x, tcb[i], alpha)}
+        if x.shape[0] <= 16 and q.spec.scale_dtype == "e8m0" and ws_ok:
+            ks["ws"] = lambda i: ws_gemv(x, tcb[i], alpha)
+        return {**ks,
                 "gemv": lambda i: fp4_gemv(x, *bufs[i], q.spec, alpha),
                 "gemv plain-decode": lambda i: fp4_gemv(x, *bufs[i], q.spec, alpha, lut=False),
                 "gemm": lambda i: fp4_matmul(x, *bufs[i], q.spec, alpha)}
@@ -259,7 +268,7 @@ def main():
     p.add_argument("--only", choices=("quantize", "w4a16", "w4a4", "sweep", "qsweep"), nargs="*")
     p.add_argument("--no-70b", action="store_true")
     p.add_argument("--ms", default="1,4,8,16,32", help="W4A16 rows (batch sizes) to time")
-    p.add_argument("--w4a16-kernels", default="tc,gemv,gemv plain-decode,gemm",
+    p.add_argument("--w4a16-kernels", default="tc,ws,gemv,gemv plain-decode,gemm",
                    help="comma-separated W4A16 kernels to time (tc, gemv, gemv plain-decode, gemm)")
     p.add_argument("--sweep-formats", default="mxfp4,nvfp4")
     p.add_argument("--cuda-graphs", action="store_true",

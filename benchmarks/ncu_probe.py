@@ -5,6 +5,7 @@
        --section LaunchStats --section SchedulerStats"
     ncu --clock-control none -k regex:_tc_gemv_kernel $S -c 6 python benchmarks/ncu_probe.py tc
     ncu --clock-control none -k regex:_rotate_quantize $S -c 4 python benchmarks/ncu_probe.py rq
+    ncu --clock-control none -k regex:_ws_gemv $S -c 6 python benchmarks/ncu_probe.py ws '{"stages": 4}'
 """
 import os
 import sys
@@ -18,14 +19,27 @@ from mrgptq import formats
 from mrgptq.kernels.quantize import rotate_quantize
 from mrgptq.kernels.tcgemv import tc_gemv, tc_pack
 
-if sys.argv[1:] == ["tc"]:
+
+
+def decode_gemm_launches(gemm):
+    """Two launches of gemm(x, weight, alpha) on each of gate_up, down and o at M=1, MXFP4."""
     for name in ("8B gate_up", "8B down", "8B o"):
         N, K = kb.SHAPES[name]
         x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
         q, bufs, alpha, _ = kb.packed_weights("mxfp4", N, K, 1, "cuda")
         tw = tc_pack(*bufs[0], q.spec)
         for _ in range(2):
-            tc_gemv(x, tw, alpha)
+            gemm(x, tw, alpha)
+
+
+if sys.argv[1:] == ["tc"]:
+    decode_gemm_launches(tc_gemv)
+elif sys.argv[1:2] == ["ws"]:  # the warp-specialized decode GEMM; kwargs as JSON in argv[2]
+    import json
+
+    from mrgptq.kernels.wsgemv import ws_gemv
+    kw = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    decode_gemm_launches(lambda x, tw, alpha: ws_gemv(x, tw, alpha, **kw))
 elif sys.argv[1:] == ["rq"]:
     x = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
     for fmt, block in (("mxfp4", 32), ("nvfp4", 16)):
@@ -34,5 +48,5 @@ elif sys.argv[1:] == ["rq"]:
         for _ in range(2):
             rotate_quantize(x, spec, block, global_scale=gs)
 else:
-    sys.exit("usage: python benchmarks/ncu_probe.py tc|rq")
+    sys.exit("usage: python benchmarks/ncu_probe.py tc|rq|ws [JSON kwargs]")
 torch.cuda.synchronize()

@@ -162,6 +162,43 @@ def test_w4a16_tensor_core_decode_gemm(fmt, M):
             _close(tc_gemv(x, tw, _alpha(q), config=cfg, out=poisoned((M, N), torch.bfloat16)), ref)
 
 
+def _ws_ok():
+    if not GPU:
+        return False
+    try:
+        from mrgptq.kernels.wsgemv import gluon_ok
+    except ImportError:  # a Triton without Gluon
+        return False
+    return gluon_ok(torch.device("cuda"))
+
+
+@pytest.mark.skipif(not _ws_ok(), reason="the warp-specialized decode GEMM needs a Hopper GPU and Triton's Gluon")
+@pytest.mark.parametrize("M", [1, 5, 16])
+def test_warp_specialized_decode_gemm_is_tc_gemv_bit_for_bit(M):
+    """Same decode, same K splits, same partial-sum order: the producer/consumer kernel equals tc_gemv exactly
+    (heuristic K splits and a forced split, one or two bricks a stage); stream-K grids (programs that end
+    inside tiles) stay within bf16 rounding of the reference and give the same bits twice."""
+    from mrgptq.kernels.wsgemv import _pick, ws_gemv
+
+    for i, (N, K) in enumerate(TC_SHAPES):
+        q, wp, ws, wdq = _weights("mxfp4", N, K, seed=50 + i)
+        tw = tc_pack(wp, ws, q.spec)
+        x = student_t((M, K), seed=M + 7).to(torch.bfloat16).to(DEV)
+        ref = x.float() @ wdq.T
+        split = _pick(-(-N // 64), K // 128, torch.cuda.get_device_properties(0).multi_processor_count)[0]
+        for kw in (dict(), dict(split=2, bricks=2), dict(split=4, bricks=1, stages=2)):
+            s = kw.get("split", split)
+            if (K // 128) % (s * kw.get("bricks", 1)):
+                continue
+            y = ws_gemv(x, tw, _alpha(q), out=poisoned((M, N), torch.bfloat16), **kw)
+            want = tc_gemv(x, tw, _alpha(q), config=(64, 16, 16, s, 4, 1))
+            assert torch.equal(y, want), (N, K, M, kw)
+        for programs in (7, 133):
+            y = ws_gemv(x, tw, _alpha(q), programs=programs, out=poisoned((M, N), torch.bfloat16))
+            _close(y, ref)
+            assert torch.equal(y, ws_gemv(x, tw, _alpha(q), programs=programs))
+
+
 def test_tc_pack_refuses_what_it_cannot_hold():
     q, wp, ws, _ = _weights("mxfp4", 64, 256, seed=0)
     big = ws.clone()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 
 import torch
 
@@ -27,6 +28,7 @@ def available(x: torch.Tensor | None = None) -> bool:
 
 
 TC_ROWS = 128  # up to this many rows: the tensor-core decode GEMM (tcgemv.py) where the weight fits its layout
+WS_ROWS = 16  # up to this many rows, MXFP4 on Hopper: its warp-specialized form (wsgemv.py; MRGPTQ_WS=0: off)
 GEMV_ROWS = 2  # else up to this many rows (decode): the CUDA-core GEMV (it re-reads the weight per row)
 DENSE_ROWS = 64  # from this many rows (prefill) on: dequantize, then a 16-bit cuBLAS GEMM
 
@@ -51,6 +53,16 @@ def _operands(x2: torch.Tensor, module):
     return (x2 if block is None else rotate(x2, block)), None
 
 
+@functools.cache
+def _ws_enabled(device: torch.device) -> bool:
+    """The warp-specialized decode GEMM runs here: Triton ships Gluon, the GPU is a Hopper, not switched off."""
+    if os.environ.get("MRGPTQ_WS", "1") == "0" or importlib.util.find_spec("triton.experimental.gluon") is None:
+        return False
+    from .wsgemv import gluon_ok
+
+    return gluon_ok(device)
+
+
 def _tc_product(module, tw, a, a_scales, out_dtype):
     from .gemm import dequantize
     from .tcgemv import tc_gemv
@@ -58,6 +70,11 @@ def _tc_product(module, tw, a, a_scales, out_dtype):
     gw, ga = module.global_divisors()
     if a_scales is not None:
         a = dequantize(a, a_scales, module.act_spec, ga, torch.bfloat16)
+    if a.shape[0] <= WS_ROWS and out_dtype == torch.bfloat16 and tw.spec.scale_dtype == "e8m0" \
+            and _ws_enabled(a.device):
+        from .wsgemv import ws_gemv
+
+        return ws_gemv(a, tw, 1.0 / gw)
     return tc_gemv(a, tw, 1.0 / gw, out_dtype=out_dtype)
 
 
@@ -75,7 +92,7 @@ def fp4_linear(x: torch.Tensor, module, use_group: bool = True) -> torch.Tensor:
     """QuantLinear's forward on the GPU: rotate (+ quantize) the input, then the packed-weight product.
 
     Up to TC_ROWS rows (decode, small batches) the tensor-core decode GEMM on the weight re-laid once
-    (`tcgemv.py`; W4A4 activations are dequantized first: few rows, and their values are then exact), for a
+    (`tcgemv.py`; MXFP4 up to WS_ROWS rows on Hopper: its warp-specialized form, `wsgemv.py`; W4A4 activations are dequantized first: few rows, and their values are then exact), for a
     sibling group (`siblings.py`, unless `use_group` is False) once for all members; where the weight does not
     fit that layout, the CUDA-core GEMV up to GEMV_ROWS, then the FP4 tile GEMM; prefill dequantizes the
     operands in one pass each (bit-identical to formats.dequantize) and uses cuBLAS, which on Hopper beats

@@ -1,0 +1,70 @@
+"""The warp-specialized decode GEMM (kernels/wsgemv.py) against `tc_gemv` and cuBLAS bf16 at the Llama-3-8B
+linears, MXFP4: checks each config against the dequantized reference (and that two calls agree bit for bit),
+times it from a CUDA graph over rotating weight copies; sweeps stages x bricks per stage, the register cap
+(programs per SM) and the grid (tiles x the heuristic K split, or stream-K over a multiple of the SM count).
+
+    python benchmarks/ws_sweep.py [--m 1] [--json out/ws_sweep.json]
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import kernels as kb
+
+from mrgptq.kernels.gemm import _sm_count
+from mrgptq.kernels.tcgemv import tc_gemv, tc_pack
+from mrgptq.kernels.wsgemv import ws_gemv
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--m", default="1", help="rows of x (tokens), comma-separated")
+ap.add_argument("--stages", default="4x1,6x1,3x2", help="stages x bricks per stage")
+ap.add_argument("--maxnreg", default="48,64")
+ap.add_argument("--programs", default="0,2,3", help="stream-K programs per SM (0: tiles x K split, the default)")
+ap.add_argument("--json", default="out/ws_sweep.json")
+args = ap.parse_args()
+kb.GRAPHS = True
+sms = _sm_count(torch.device("cuda"))
+
+rows = []
+for M in map(int, args.m.split(",")):
+    for name, (N, K) in list(kb.SHAPES.items())[:4]:
+        n_w = kb.copies(N * K // 2)
+        x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+        t_bf16 = kb.bf16_time(x, N, K)
+        q, bufs, alpha, wdq = kb.packed_weights("mxfp4", N, K, n_w, "cuda")
+        tcb = [tc_pack(*b, q.spec) for b in bufs]
+        ref = x.float() @ wdq.float().T
+        t_tc = kb.bench(lambda i: tc_gemv(x, tcb[i], alpha), n_w) * 1e6
+        res, bad = {}, []
+        for st, kb_ in [tuple(map(int, c.split("x"))) for c in args.stages.split(",")]:
+            for mr in map(int, args.maxnreg.split(",")):
+                for pp in map(int, args.programs.split(",")):
+                    cfg = (st, kb_, mr, pp)
+                    kw = dict(stages=st, bricks=kb_, maxnreg=mr, programs=pp * sms or None)
+                    try:
+                        y = ws_gemv(x, tcb[0], alpha, **kw)
+                        y2 = ws_gemv(x, tcb[0], alpha, **kw)
+                        torch.cuda.synchronize()
+                        rel = ((y.float() - ref).norm() / ref.norm()).item()
+                        if not (rel < 1e-2 and torch.equal(y, y2)):
+                            bad.append((cfg, rel))
+                            print("WRONG", name, M, cfg, rel, "repeatable:", torch.equal(y, y2), flush=True)
+                            continue
+                        res[cfg] = kb.bench(lambda i: ws_gemv(x, tcb[i], alpha, **kw), n_w) * 1e6
+                    except Exception as e:
+                        print("fail", name, cfg, repr(e)[:400], flush=True)
+        best = sorted(res, key=res.get)[:4]
+        dflt = res.get((4, 1, 64, 0), float("nan"))
+        print(f"{name:12s} M={M} bf16 {t_bf16:.1f}us tc {t_tc:.1f}us x{t_bf16 / t_tc:.2f} | ws default {dflt:.1f}us | "
+              + "; ".join(f"{c} {res[c]:.1f}us x{t_bf16 / res[c]:.2f}" for c in best), flush=True)
+        rows.append(dict(shape=name, M=M, N=N, K=K, bf16_us=t_bf16, tc_us=t_tc,
+                         ws={str(k): v for k, v in res.items()}, wrong=[str(b) for b in bad]))
+Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "config": "(stages, bricks, maxnreg, "
+                                       "programs per SM)", "rows": rows}, indent=1))
+print(f"wrote {args.json}")

@@ -3,7 +3,7 @@ linears, MXFP4: checks each config against the dequantized reference (and that t
 times it from a CUDA graph over rotating weight copies; sweeps stages x bricks per stage, the register cap
 (programs per SM) and the grid (tiles x the heuristic K split, or stream-K over a multiple of the SM count).
 
-    python benchmarks/ws_sweep.py [--m 1] [--json out/ws_sweep.json]
+    python benchmarks/ws_sweep.py [--m 1] [--pdl] [--json out/ws_sweep.json]
 """
 import argparse
 import json
@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import kernels as kb
 
 from mrgptq.kernels.gemm import _sm_count
+from mrgptq.kernels.quantize import rotate
 from mrgptq.kernels.tcgemv import tc_gemv, tc_pack
 from mrgptq.kernels.wsgemv import ws_gemv
 
@@ -25,6 +26,7 @@ ap.add_argument("--m", default="1", help="rows of x (tokens), comma-separated")
 ap.add_argument("--stages", default="4x1,6x1,3x2", help="stages x bricks per stage")
 ap.add_argument("--maxnreg", default="48,64")
 ap.add_argument("--programs", default="0,2,3", help="stream-K programs per SM (0: tiles x K split, the default)")
+ap.add_argument("--pdl", action="store_true", help="also time rotation -> GEMM pairs with and without PDL")
 ap.add_argument("--json", default="out/ws_sweep.json")
 args = ap.parse_args()
 kb.GRAPHS = True
@@ -58,12 +60,19 @@ for M in map(int, args.m.split(",")):
                         res[cfg] = kb.bench(lambda i: ws_gemv(x, tcb[i], alpha, **kw), n_w) * 1e6
                     except Exception as e:
                         print("fail", name, cfg, repr(e)[:400], flush=True)
+        pairs = {}
+        if args.pdl:  # W4A16 decode runs the online rotation, then the GEMM: PDL lets the GEMM fetch weights early
+            for pdl in (False, True):
+                pairs[f"rotate+ws pdl={int(pdl)}"] = kb.bench(
+                    lambda i: ws_gemv(rotate(x, 32, pdl=pdl), tcb[i], alpha, pdl=pdl), n_w) * 1e6
+            pairs["rotate+tc"] = kb.bench(lambda i: tc_gemv(rotate(x, 32), tcb[i], alpha), n_w) * 1e6
+            print(f"{name:12s} M={M} " + "; ".join(f"{k} {v:.1f}us" for k, v in pairs.items()), flush=True)
         best = sorted(res, key=res.get)[:4]
         dflt = res.get((4, 1, 64, 0), float("nan"))
         print(f"{name:12s} M={M} bf16 {t_bf16:.1f}us tc {t_tc:.1f}us x{t_bf16 / t_tc:.2f} | ws default {dflt:.1f}us | "
               + "; ".join(f"{c} {res[c]:.1f}us x{t_bf16 / res[c]:.2f}" for c in best), flush=True)
         rows.append(dict(shape=name, M=M, N=N, K=K, bf16_us=t_bf16, tc_us=t_tc,
-                         ws={str(k): v for k, v in res.items()}, wrong=[str(b) for b in bad]))
+                         ws={str(k): v for k, v in res.items()}, pairs=pairs, wrong=[str(b) for b in bad]))
 Path(args.json).parent.mkdir(parents=True, exist_ok=True)
 Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "config": "(stages, bricks, maxnreg, "
                                        "programs per SM)", "rows": rows}, indent=1))

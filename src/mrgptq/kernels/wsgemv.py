@@ -1,17 +1,18 @@
 """Decode GEMM with a warp-specialized producer (Gluon, Hopper): `tc_gemv`'s math with more of W in flight.
 
-`tc_gemv` keeps about one 4 KB brick in flight per program: ptxas issues a step's loads just before their use and
-the registers that could hold more are the decode's. Here one producer warp (32 registers) copies bricks, their
-scale words and x tiles with cp.async into a ring of S shared-memory stages, each stage's `ready` mbarrier
-completing when its copies land; the consumer warpgroup waits, loads its words from shared memory straight into
-the wgmma A-fragment layout (`WORDS`: the `tc_pack` word a thread reads is the word it owns), decodes them with
-`tcgemv`'s PTX, runs the wgmma (N = 8 tokens at decode) and frees the stage.
+`tc_gemv` keeps about one 4 KB brick in flight per program: ptxas issues a step's loads just before their use
+and the registers that could hold more are the decode's. Here one producer warp (32 registers) copies bricks,
+their scale words and x tiles with cp.async into a ring of S shared-memory stages, each stage's `ready`
+mbarrier completing when its copies land; the consumer warpgroup waits, loads its words from shared memory
+straight into the wgmma A-fragment layout (`WORDS`: the `tc_pack` word a thread reads is the word it owns),
+decodes them with `tcgemv`'s PTX, runs the wgmma (N = 8 tokens at decode) and frees the stage.
 
-Work is split as units (64-row tile, 128 KB-wide k step) in tile-major order, which is also the bricks' storage
-order, so each program streams one contiguous range [u0, u1). Programs sum the tiles they only partly cover into
-a slot of their own; a tile's last contributor adds the slots in program order (deterministic) and stores y.
-With P = tiles x split the ranges are exactly `tc_gemv`'s K splits and the result is bit-identical to it; other P
-give stream-K. MXFP4 only (a brick row's four E8M0 bytes are one word: byte v scales words 4t + v).
+Work is split as units (64-row tile, 128 KB-wide k step) in tile-major order, which is also the bricks'
+storage order, so each program streams one contiguous range [u0, u1). Programs sum the tiles they only partly
+cover into a slot of their own; a tile's last contributor adds the slots in program order (deterministic) and
+stores y. With P = tiles x split the ranges are exactly `tc_gemv`'s K splits and the result is bit-identical
+to it; other P give stream-K. MXFP4 only (a brick row's four E8M0 bytes are one word: byte v scales words 4t +
+v).
 """
 from __future__ import annotations
 
@@ -19,9 +20,15 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import async_copy, fence_async_shared, mbarrier, warpgroup_mma
+from triton.experimental.gluon.language.nvidia.hopper import (
+    async_copy,
+    fence_async_shared,
+    mbarrier,
+    warpgroup_mma,
+)
 
 from ..errors import MrgptqError
+from .fp4 import PDL
 from .tcgemv import _DECODE_PTX, CHUNK, TcWeight, _workspace
 
 # (64 rows, 16 words) of a brick as the wgmma A fragment wants them: thread (warp w, lane 4 r + t) holds
@@ -37,9 +44,20 @@ def _stack4(a, b, c, d):
 
 
 @gluon.jit
+def _copy_weights(w_ptr, s_ptr, w_bufs, s_bufs, u, st, w_off, s_off, KB: gl.constexpr):
+    for j in gl.static_range(KB):
+        b = u * KB + j
+        async_copy.async_copy_global_to_shared(w_bufs.index(st * KB + j), w_ptr + b * 1024 + w_off)
+        async_copy.async_copy_global_to_shared(s_bufs.index(st * KB + j), s_ptr + b * 64 + s_off)
+
+
+@gluon.jit
 def _producer(x_ptr, w_ptr, s_ptr, w_bufs, s_bufs, x_bufs, ready, empty, M, stride_xm, u0, u1, steps,
-              MP: gl.constexpr, KB: gl.constexpr):
-    """One warp: unit u's KB bricks (bricks are stored in unit order), scale words and x tiles into stage u % S."""
+              MP: gl.constexpr, KB: gl.constexpr, PDL: gl.constexpr):
+    """One warp: unit u's KB bricks (bricks are stored in unit order), scale words and x tiles into stage u % S.
+
+    PDL (launched as a programmatic dependent of the kernel before, which may still run): the first S stages'
+    weights, which nothing before writes, are requested first; x only after griddepcontrol.wait."""
     S: gl.constexpr = ready.type.shape[0]
     WCL: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [1, 1], [1, 0])
     SCL: gl.constexpr = gl.BlockedLayout([2], [32], [1], [0])
@@ -50,15 +68,18 @@ def _producer(x_ptr, w_ptr, s_ptr, w_bufs, s_bufs, x_bufs, ready, empty, M, stri
     xc = gl.arange(0, 128, gl.SliceLayout(0, XCL))
     x_off = xr[:, None] * stride_xm + xc[None, :]
     x_mask = (xr < M)[:, None] & (xc < 128)[None, :]  # rows past M: zeros
+    if PDL:
+        for u in range(u0, gl.minimum(u1, u0 + S)):
+            _copy_weights(w_ptr, s_ptr, w_bufs, s_bufs, u, u - u0, w_off, s_off, KB)
+        gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
     for u in range(u0, u1):
         i = u - u0
         st = i % S
-        mbarrier.wait(empty.index(st), ((i // S) & 1) ^ 1)
+        if i >= S * PDL:
+            mbarrier.wait(empty.index(st), ((i // S) & 1) ^ 1)
+            _copy_weights(w_ptr, s_ptr, w_bufs, s_bufs, u, st, w_off, s_off, KB)
         t = u % steps
         for j in gl.static_range(KB):
-            b = u * KB + j
-            async_copy.async_copy_global_to_shared(w_bufs.index(st * KB + j), w_ptr + b * 1024 + w_off)
-            async_copy.async_copy_global_to_shared(s_bufs.index(st * KB + j), s_ptr + b * 64 + s_off)
             async_copy.async_copy_global_to_shared(x_bufs.index(st * KB + j), x_ptr + (t * KB + j) * 128 + x_off,
                                                    mask=x_mask)
         async_copy.mbarrier_arrive(ready.index(st), increment_count=False)
@@ -135,7 +156,7 @@ def _consumer(w_bufs, s_bufs, x_bufs, ready, empty, y_ptr, ws_ptr, cnt_ptr, alph
 @gluon.jit
 def _ws_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, K, stride_xm, stride_ym,
                     S: gl.constexpr, MP: gl.constexpr, PREGS: gl.constexpr, XSL: gl.constexpr, WL: gl.constexpr,
-                    KB: gl.constexpr):
+                    KB: gl.constexpr, PDL: gl.constexpr):
     """Program p takes units [p U / P, (p + 1) U / P) of the U = tiles x steps (module docstring)."""
     p = gl.program_id(0)
     P = gl.num_programs(0)
@@ -155,7 +176,7 @@ def _ws_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, K,
         (_consumer, (w_bufs, s_bufs, x_bufs, ready, empty, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, stride_ym, u0, u1,
                      U, P, p, steps, MP, WL, KB)),
         (_producer, (x_ptr, w_ptr, s_ptr, w_bufs, s_bufs, x_bufs, ready, empty, M, stride_xm, u0, u1, steps, MP,
-                     KB)),
+                     KB, PDL)),
     ], [1], [PREGS])
 
 
@@ -182,11 +203,13 @@ def _pick(tiles: int, k128: int, sms: int) -> tuple[int, int, int]:
 
 def ws_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tensor | None = None,
             split: int | None = None, bricks: int | None = None, stages: int | None = None,
-            programs: int | None = None, maxnreg: int = 64, mp: int | None = None) -> torch.Tensor:
+            programs: int | None = None, maxnreg: int = 64, mp: int | None = None,
+            pdl: bool | None = None) -> torch.Tensor:
     """y (M, N) = alpha * x W^T in bf16, x (M <= 16, K) bf16, W an MXFP4 `TcWeight`.
 
     Defaults (`_pick`): K split as `tc_gemv` would (P = tiles x split programs, bit-identical results). `programs`
-    overrides P (stream-K); `maxnreg` caps registers (64: 4 programs per SM); `mp` is the token tile (8 or 16)."""
+    overrides P (stream-K); `maxnreg` caps registers (64: 4 programs per SM); `mp` is the token tile (8 or 16);
+    `pdl` launches it as a programmatic dependent of the kernel before (default: MRGPTQ_PDL=1, experimental)."""
     from .gemm import _sm_count
 
     M, K = x.shape
@@ -206,9 +229,11 @@ def ws_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tensor
     ws, cnt = _workspace(x.device)
     if 2 * P * 64 * mp > ws.numel() or tiles > cnt.numel():
         raise MrgptqError(f"ws_gemv: workspace too small for {P} programs / {tiles} tiles")
+    pdl = PDL if pdl is None else pdl
     x = x.to(torch.bfloat16).contiguous()
     y = out if out is not None else torch.empty((M, N), dtype=torch.bfloat16, device=x.device)
     _ws_gemv_kernel[(P,)](x, tw.words, tw.scales.view(torch.int32), y, ws, cnt, alpha * 2.0 ** tw.shift, M, N, K,
                           x.stride(0), y.stride(0), S=stages, MP=mp, PREGS=32 if bricks == 1 else 40,
-                          XSL=x_layout(mp), WL=WORDS, KB=bricks, num_warps=4, maxnreg=maxnreg)
+                          XSL=x_layout(mp), WL=WORDS, KB=bricks, PDL=pdl, num_warps=4, maxnreg=maxnreg,
+                          launch_pdl=pdl)
     return y

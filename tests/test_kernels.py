@@ -173,8 +173,9 @@ def _ws_ok():
 
 
 @pytest.mark.skipif(not _ws_ok(), reason="the warp-specialized decode GEMM needs a Hopper GPU and Triton's Gluon")
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
 @pytest.mark.parametrize("M", [1, 5, 16])
-def test_warp_specialized_decode_gemm_is_tc_gemv_bit_for_bit(M):
+def test_warp_specialized_decode_gemm_is_tc_gemv_bit_for_bit(fmt, M):
     """Same decode, same K splits, same partial-sum order: the producer/consumer kernel equals tc_gemv exactly
     (heuristic K splits and a forced split, one or two bricks a stage; also launched with PDL right after the
     rotation that writes its input); stream-K grids (programs that end inside tiles) stay within bf16 rounding of
@@ -182,7 +183,7 @@ def test_warp_specialized_decode_gemm_is_tc_gemv_bit_for_bit(M):
     from mrgptq.kernels.wsgemv import _pick, ws_gemv
 
     for i, (N, K) in enumerate(TC_SHAPES):
-        q, wp, ws, wdq = _weights("mxfp4", N, K, seed=50 + i)
+        q, wp, ws, wdq = _weights(fmt, N, K, seed=50 + i)
         tw = tc_pack(wp, ws, q.spec)
         x = student_t((M, K), seed=M + 7).to(torch.bfloat16).to(DEV)
         ref = x.float() @ wdq.T

@@ -11,8 +11,9 @@ Work is split as units (64-row tile, 128 KB-wide k step) in tile-major order, wh
 storage order, so each program streams one contiguous range [u0, u1). Programs sum the tiles they only partly
 cover into a slot of their own; a tile's last contributor adds the slots in program order (deterministic) and
 stores y. With P = tiles x split the ranges are exactly `tc_gemv`'s K splits and the result is bit-identical
-to it; other P give stream-K. MXFP4 only (a brick row's four E8M0 bytes are one word: byte v scales words 4t +
-v).
+to it; other P give stream-K. Scales: an MXFP4 brick row's four E8M0 bytes are one word (byte v scales words
+4t + v); an NVFP4 row's eight E4M3 bytes are two words, copied word-major (NVFP4 compiled, not yet run on a GPU,
+so QuantLinear sends it MXFP4 only).
 """
 from __future__ import annotations
 
@@ -44,16 +45,17 @@ def _stack4(a, b, c, d):
 
 
 @gluon.jit
-def _copy_weights(w_ptr, s_ptr, w_bufs, s_bufs, u, st, w_off, s_off, KB: gl.constexpr):
+def _copy_weights(w_ptr, s_ptr, w_bufs, s_bufs, u, st, w_off, s_off, KB: gl.constexpr, SW: gl.constexpr):
     for j in gl.static_range(KB):
         b = u * KB + j
         async_copy.async_copy_global_to_shared(w_bufs.index(st * KB + j), w_ptr + b * 1024 + w_off)
-        async_copy.async_copy_global_to_shared(s_bufs.index(st * KB + j), s_ptr + b * 64 + s_off)
+        for w in gl.static_range(SW):  # row r's word w (stored (row, word)) lands at [(stage, w), r]
+            async_copy.async_copy_global_to_shared(s_bufs.index((st * KB + j) * SW + w), s_ptr + b * (64 * SW) + w + s_off)
 
 
 @gluon.jit
 def _producer(x_ptr, w_ptr, s_ptr, w_bufs, s_bufs, x_bufs, ready, empty, M, stride_xm, u0, u1, steps,
-              MP: gl.constexpr, KB: gl.constexpr, PDL: gl.constexpr):
+              MP: gl.constexpr, KB: gl.constexpr, PDL: gl.constexpr, SW: gl.constexpr):
     """One warp: unit u's KB bricks (bricks are stored in unit order), scale words and x tiles into stage u % S.
 
     PDL (launched as a programmatic dependent of the kernel before, which may still run): the first S stages'
@@ -63,21 +65,25 @@ def _producer(x_ptr, w_ptr, s_ptr, w_bufs, s_bufs, x_bufs, ready, empty, M, stri
     SCL: gl.constexpr = gl.BlockedLayout([2], [32], [1], [0])
     XCL: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [1, 1], [1, 0])
     w_off = gl.arange(0, 64, gl.SliceLayout(1, WCL))[:, None] * 16 + gl.arange(0, 16, gl.SliceLayout(0, WCL))[None, :]
-    s_off = gl.arange(0, 64, SCL)
+    s_off = gl.arange(0, 64, SCL) * SW
     xr = gl.arange(0, MP, gl.SliceLayout(1, XCL))
     xc = gl.arange(0, 128, gl.SliceLayout(0, XCL))
     x_off = xr[:, None] * stride_xm + xc[None, :]
     x_mask = (xr < M)[:, None] & (xc < 128)[None, :]  # rows past M: zeros
     if PDL:
         for u in range(u0, gl.minimum(u1, u0 + S)):
-            _copy_weights(w_ptr, s_ptr, w_bufs, s_bufs, u, u - u0, w_off, s_off, KB)
+            _copy_weights(w_ptr, s_ptr, w_bufs, s_bufs, u, u - u0, w_off, s_off, KB, SW)
         gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
     for u in range(u0, u1):
         i = u - u0
         st = i % S
-        if i >= S * PDL:
+        if PDL:
+            if i >= S:  # (the first S were requested above)
+                mbarrier.wait(empty.index(st), ((i // S) & 1) ^ 1)
+                _copy_weights(w_ptr, s_ptr, w_bufs, s_bufs, u, st, w_off, s_off, KB, SW)
+        else:
             mbarrier.wait(empty.index(st), ((i // S) & 1) ^ 1)
-            _copy_weights(w_ptr, s_ptr, w_bufs, s_bufs, u, st, w_off, s_off, KB)
+            _copy_weights(w_ptr, s_ptr, w_bufs, s_bufs, u, st, w_off, s_off, KB, SW)
         t = u % steps
         for j in gl.static_range(KB):
             async_copy.async_copy_global_to_shared(x_bufs.index(st * KB + j), x_ptr + (t * KB + j) * 128 + x_off,
@@ -86,13 +92,23 @@ def _producer(x_ptr, w_ptr, s_ptr, w_bufs, s_bufs, x_bufs, ready, empty, M, stri
 
 
 @gluon.jit
-def _decode_step(w_bufs, s_bufs, st, sh, AL: gl.constexpr, WL: gl.constexpr):
-    """Stage st's brick as the bf16 wgmma A operand (64 x 128), scaled, in 2^-126 units (see tcgemv)."""
+def _decode_step(w_bufs, s_bufs, st, v, AL: gl.constexpr, WL: gl.constexpr, NV: gl.constexpr):
+    """Stage st's brick as the bf16 wgmma A operand (64 x 128), scaled, in 2^-126 units (see tcgemv). A row's
+    scale word(s): MXFP4 one word, byte v for words 4t + v; NVFP4 two words, int16 v (low byte: pairs 0-1,
+    high byte: pairs 2-3) re-encoded as in `tc_gemv`."""
     w = w_bufs.index(st).load(WL)
-    s = s_bufs.index(st).load(gl.SliceLayout(1, WL))
-    sa = ((s[:, None] >> sh[None, :]) & 0xFF) * 0x00800080
+    if NV:
+        s0 = s_bufs.index(2 * st).load(gl.SliceLayout(1, WL))
+        s1 = s_bufs.index(2 * st + 1).load(gl.SliceLayout(1, WL))
+        h = (gl.where((v < 2)[None, :], s0[:, None], s1[:, None]) >> ((v & 1) * 16)[None, :]) & 0xFFFF
+        sa = (h & 0xFF) * 0x00100010 + 0x76007600
+        sb = (h >> 8) * 0x00100010 + 0x76007600
+    else:
+        s = s_bufs.index(st).load(gl.SliceLayout(1, WL))
+        sa = ((s[:, None] >> (v * 8)[None, :]) & 0xFF) * 0x00800080
+        sb = sa
     o0, o1, o2, o3, o4, o5, o6, o7 = gl.inline_asm_elementwise(
-        _DECODE_PTX, "=h,=h,=h,=h,=h,=h,=h,=h,r,r,r", [w, sa, sa], dtype=(gl.bfloat16,) * 8, is_pure=True, pack=1)
+        _DECODE_PTX, "=h,=h,=h,=h,=h,=h,=h,=h,r,r,r", [w, sa, sb], dtype=(gl.bfloat16,) * 8, is_pure=True, pack=1)
     a = gl.join(_stack4(o0, o2, o4, o6), _stack4(o1, o3, o5, o7))  # (64 rows, 16 words u, m, b)
     a = gl.reshape(a, (64, 4, 4, 4, 2))  # u = 4 t + v
     a = gl.permute(a, (0, 2, 3, 1, 4))  # k = 32 v + 8 m + 2 t + b
@@ -131,12 +147,12 @@ def _flush(acc, n, a_beg, a_end, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, stride_ym,
 
 @gluon.jit
 def _consumer(w_bufs, s_bufs, x_bufs, ready, empty, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, stride_ym, u0, u1, U, P,
-              p, steps, MP: gl.constexpr, WL: gl.constexpr, KB: gl.constexpr):
+              p, steps, MP: gl.constexpr, WL: gl.constexpr, KB: gl.constexpr, NV: gl.constexpr):
     """One warpgroup: per unit, decode the stage's bricks and wgmma them with x; flush at each tile's end."""
     S: gl.constexpr = ready.type.shape[0]
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, MP, 16])
     AL: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
-    sh = (gl.arange(0, 16, gl.SliceLayout(0, WL)) % 4) * 8
+    v = gl.arange(0, 16, gl.SliceLayout(0, WL)) % 4  # word 4t + v
     for n in range(u0 // steps, gl.cdiv(u1, steps)):  # the tiles that units [u0, u1) meet (none if empty)
         a_beg = gl.maximum(u0, n * steps)
         a_end = gl.minimum(u1, (n + 1) * steps)
@@ -147,7 +163,7 @@ def _consumer(w_bufs, s_bufs, x_bufs, ready, empty, y_ptr, ws_ptr, cnt_ptr, alph
             mbarrier.wait(ready.index(st), (i // S) & 1)
             fence_async_shared()  # x was written by cp.async; wgmma reads it through the async proxy
             for j in gl.static_range(KB):
-                a = _decode_step(w_bufs, s_bufs, st * KB + j, sh, AL, WL)
+                a = _decode_step(w_bufs, s_bufs, st * KB + j, v, AL, WL, NV)
                 acc = warpgroup_mma(a, x_bufs.index(st * KB + j).permute((1, 0)), acc)
             mbarrier.arrive(empty.index(st), count=1)
         _flush(acc, n, a_beg, a_end, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, stride_ym, u0, U, P, p, steps, MP, MMA)
@@ -156,7 +172,7 @@ def _consumer(w_bufs, s_bufs, x_bufs, ready, empty, y_ptr, ws_ptr, cnt_ptr, alph
 @gluon.jit
 def _ws_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, K, stride_xm, stride_ym,
                     S: gl.constexpr, MP: gl.constexpr, PREGS: gl.constexpr, XSL: gl.constexpr, WL: gl.constexpr,
-                    KB: gl.constexpr, PDL: gl.constexpr):
+                    KB: gl.constexpr, PDL: gl.constexpr, NV: gl.constexpr):
     """Program p takes units [p U / P, (p + 1) U / P) of the U = tiles x steps (module docstring)."""
     p = gl.program_id(0)
     P = gl.num_programs(0)
@@ -165,7 +181,8 @@ def _ws_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, K,
     u0 = p * U // P
     u1 = (p + 1) * U // P
     w_bufs = gl.allocate_shared_memory(gl.int32, [S * KB, 64, 16], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
-    s_bufs = gl.allocate_shared_memory(gl.int32, [S * KB, 64], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    SW: gl.constexpr = 2 if NV else 1  # scale words per brick row
+    s_bufs = gl.allocate_shared_memory(gl.int32, [S * KB * SW, 64], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     x_bufs = gl.allocate_shared_memory(gl.bfloat16, [S * KB, MP, 128], XSL)
     ready = gl.allocate_shared_memory(gl.int64, [S, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [S, 1], mbarrier.MBarrierLayout())
@@ -174,9 +191,9 @@ def _ws_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, K,
         mbarrier.init(empty.index(i), count=1)
     gl.warp_specialize([
         (_consumer, (w_bufs, s_bufs, x_bufs, ready, empty, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, stride_ym, u0, u1,
-                     U, P, p, steps, MP, WL, KB)),
+                     U, P, p, steps, MP, WL, KB, NV)),
         (_producer, (x_ptr, w_ptr, s_ptr, w_bufs, s_bufs, x_bufs, ready, empty, M, stride_xm, u0, u1, steps, MP,
-                     KB, PDL)),
+                     KB, PDL, SW)),
     ], [1], [PREGS])
 
 
@@ -205,7 +222,8 @@ def ws_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tensor
             split: int | None = None, bricks: int | None = None, stages: int | None = None,
             programs: int | None = None, maxnreg: int = 64, mp: int | None = None,
             pdl: bool | None = None) -> torch.Tensor:
-    """y (M, N) = alpha * x W^T in bf16, x (M <= 16, K) bf16, W an MXFP4 `TcWeight`.
+    """y (M, N) = alpha * x W^T in bf16, x (M <= 16, K) bf16, W a `TcWeight` (NVFP4: not yet run on a GPU;
+    QuantLinear sends it MXFP4 only).
 
     Defaults (`_pick`): K split as `tc_gemv` would (P = tiles x split programs, bit-identical results). `programs`
     overrides P (stream-K); `maxnreg` caps registers (64: 4 programs per SM); `mp` is the token tile (8 or 16);
@@ -214,8 +232,8 @@ def ws_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tensor
 
     M, K = x.shape
     N, Kw = tw.shape
-    if Kw != K or tw.spec.scale_dtype == "e4m3" or M > 16 or K % CHUNK:
-        raise MrgptqError(f"ws_gemv: needs an MXFP4 weight with x's K (x {K}, W {Kw}) and M <= 16 rows (got {M})")
+    if Kw != K or M > 16 or K % CHUNK:
+        raise MrgptqError(f"ws_gemv: needs a weight with x's K (x {K}, W {Kw}) and M <= 16 rows (got {M})")
     tiles, k128 = triton.cdiv(N, 64), K // CHUNK
     split0, kb0, st0 = _pick(tiles, k128, _sm_count(x.device))
     split, bricks = split or split0, bricks or (kb0 if split is None else 1)
@@ -234,6 +252,7 @@ def ws_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tensor
     y = out if out is not None else torch.empty((M, N), dtype=torch.bfloat16, device=x.device)
     _ws_gemv_kernel[(P,)](x, tw.words, tw.scales.view(torch.int32), y, ws, cnt, alpha * 2.0 ** tw.shift, M, N, K,
                           x.stride(0), y.stride(0), S=stages, MP=mp, PREGS=32 if bricks == 1 else 40,
-                          XSL=x_layout(mp), WL=WORDS, KB=bricks, PDL=pdl, num_warps=4, maxnreg=maxnreg,
+                          XSL=x_layout(mp), WL=WORDS, KB=bricks, PDL=pdl, NV=tw.spec.scale_dtype == "e4m3",
+                          num_warps=4, maxnreg=maxnreg,
                           launch_pdl=pdl)
     return y

@@ -20,7 +20,6 @@ from mrgptq.kernels.quantize import rotate_quantize
 from mrgptq.kernels.tcgemv import tc_gemv, tc_pack
 
 
-
 def decode_gemm_launches(gemm):
     """Two launches of gemm(x, weight, alpha) on each of gate_up, down and o at M=1, MXFP4."""
     for name in ("8B gate_up", "8B down", "8B o"):

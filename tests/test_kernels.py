@@ -187,7 +187,7 @@ def test_warp_specialized_decode_gemm_is_tc_gemv_bit_for_bit(fmt, M):
         tw = tc_pack(wp, ws, q.spec)
         x = student_t((M, K), seed=M + 7).to(torch.bfloat16).to(DEV)
         ref = x.float() @ wdq.T
-        split = _pick(-(-N // 64), K // 128, torch.cuda.get_device_properties(0).multi_processor_count)[0]
+        split = _pick(M, N, K, torch.cuda.get_device_properties(0).multi_processor_count)[0]
         for kw in (dict(), dict(split=2, bricks=2), dict(split=4, bricks=1, stages=2)):
             s = kw.get("split", split)
             if (K // 128) % (s * kw.get("bricks", 1)):

@@ -92,7 +92,8 @@ def fp4_linear(x: torch.Tensor, module, use_group: bool = True) -> torch.Tensor:
     """QuantLinear's forward on the GPU: rotate (+ quantize) the input, then the packed-weight product.
 
     Up to TC_ROWS rows (decode, small batches) the tensor-core decode GEMM on the weight re-laid once
-    (`tcgemv.py`; MXFP4 up to WS_ROWS rows on Hopper: its warp-specialized form, `wsgemv.py`; W4A4 activations are dequantized first: few rows, and their values are then exact), for a
+    (`tcgemv.py`; MXFP4 up to WS_ROWS rows on Hopper: its warp-specialized form, `wsgemv.py`; W4A4
+    activations are dequantized first: few rows, and their values are then exact), for a
     sibling group (`siblings.py`, unless `use_group` is False) once for all members; where the weight does not
     fit that layout, the CUDA-core GEMV up to GEMV_ROWS, then the FP4 tile GEMM; prefill dequantizes the
     operands in one pass each (bit-identical to formats.dequantize) and uses cuBLAS, which on Hopper beats

@@ -17,6 +17,8 @@ so QuantLinear sends it MXFP4 only).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 from triton.experimental import gluon
@@ -29,8 +31,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from ..errors import MrgptqError
-from .fp4 import PDL
+from .fp4 import INTERPRET, PDL
 from .tcgemv import _DECODE_PTX, CHUNK, TcWeight, _workspace
+from .tcgemv import _pick as _tc_pick
 
 # (64 rows, 16 words) of a brick as the wgmma A fragment wants them: thread (warp w, lane 4 r + t) holds
 # rows 16 w + r + 8 i and words 4 t + v (v, i in registers).
@@ -77,11 +80,7 @@ def _producer(x_ptr, w_ptr, s_ptr, w_bufs, s_bufs, x_bufs, ready, empty, M, stri
     for u in range(u0, u1):
         i = u - u0
         st = i % S
-        if PDL:
-            if i >= S:  # (the first S were requested above)
-                mbarrier.wait(empty.index(st), ((i // S) & 1) ^ 1)
-                _copy_weights(w_ptr, s_ptr, w_bufs, s_bufs, u, st, w_off, s_off, KB, SW)
-        else:
+        if not PDL or i >= S:  # (with PDL the first S were requested above)
             mbarrier.wait(empty.index(st), ((i // S) & 1) ^ 1)
             _copy_weights(w_ptr, s_ptr, w_bufs, s_bufs, u, st, w_off, s_off, KB, SW)
         t = u % steps
@@ -197,23 +196,21 @@ def _ws_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, K,
     ], [1], [PREGS])
 
 
+@functools.cache
 def x_layout(mp: int):
     return gl.NVMMASharedLayout.get_default_for([mp, 128], gl.bfloat16)
 
 
 def gluon_ok(device: torch.device) -> bool:
     """Whether this kernel runs here: a Hopper GPU (wgmma, setmaxnreg) and not Triton's CPU interpreter."""
-    from .fp4 import INTERPRET
-
     return not INTERPRET and device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
 
 
-def _pick(tiles: int, k128: int, sms: int) -> tuple[int, int, int]:
-    """(split, bricks per stage, stages): K splits until programs cover the SMs 2.5 times, as `tc_gemv`; two
-    bricks per stage (fewer barriers a brick) where a program has at least 8 bricks in pairs (BENCHMARKS.md)."""
-    split = 1
-    while tiles * split * 2 < 5 * sms and split * 2 <= min(k128 // 2, 16):
-        split *= 2
+def _pick(M: int, N: int, K: int, sms: int) -> tuple[int, int, int]:
+    """(split, bricks per stage, stages): `tc_gemv`'s K split (its heuristic, so the results stay bit-identical);
+    two bricks per stage (fewer barriers a brick) where a program has at least 8 bricks in pairs (BENCHMARKS.md)."""
+    split = _tc_pick(M, N, K, sms)[3]
+    k128 = K // CHUNK
     per = k128 // split
     return (split, 2, 3) if k128 % split == 0 and per >= 8 and per % 2 == 0 else (split, 1, 4)
 
@@ -235,7 +232,7 @@ def ws_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tensor
     if Kw != K or M > 16 or K % CHUNK:
         raise MrgptqError(f"ws_gemv: needs a weight with x's K (x {K}, W {Kw}) and M <= 16 rows (got {M})")
     tiles, k128 = triton.cdiv(N, 64), K // CHUNK
-    split0, kb0, st0 = _pick(tiles, k128, _sm_count(x.device))
+    split0, kb0, st0 = _pick(M, N, K, _sm_count(x.device))
     split, bricks = split or split0, bricks or (kb0 if split is None else 1)
     stages = stages or (st0 if bricks == kb0 else 4)
     if k128 % bricks:
@@ -253,6 +250,5 @@ def ws_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tensor
     _ws_gemv_kernel[(P,)](x, tw.words, tw.scales.view(torch.int32), y, ws, cnt, alpha * 2.0 ** tw.shift, M, N, K,
                           x.stride(0), y.stride(0), S=stages, MP=mp, PREGS=32 if bricks == 1 else 40,
                           XSL=x_layout(mp), WL=WORDS, KB=bricks, PDL=pdl, NV=tw.spec.scale_dtype == "e4m3",
-                          num_warps=4, maxnreg=maxnreg,
-                          launch_pdl=pdl)
+                          num_warps=4, maxnreg=maxnreg, launch_pdl=pdl)
     return y

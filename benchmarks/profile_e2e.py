@@ -25,7 +25,7 @@ from mrgptq.model.pipeline import quantize_data_free
 from mrgptq.runtime.compiled import compile as compile_fn
 
 GROUPS = [  # (group, pattern on the kernel name), first match wins
-    ("fp4 decode gemm", r"_tc_gemv|_gemv_kernel|fp4_matmul|_fp4_gemm"),
+    ("fp4 decode gemm", r"_ws_gemv|_tc_gemv|_gemv_kernel|fp4_matmul|_fp4_gemm"),
     ("rotate/quantize", r"_rotate"),
     ("fp8 convert", r"_fp8_rows"),
     ("dequantize", r"dequant"),

@@ -1,9 +1,10 @@
 """The warp-specialized decode GEMM (kernels/wsgemv.py) against `tc_gemv` and cuBLAS bf16 at the Llama-3-8B
-linears, MXFP4: checks each config against the dequantized reference (and that two calls agree bit for bit),
-times it from a CUDA graph over rotating weight copies; sweeps stages x bricks per stage, the register cap
-(programs per SM) and the grid (tiles x the heuristic K split, or stream-K over a multiple of the SM count).
+linears (MXFP4, or NVFP4 with --fmt): checks each config against the dequantized reference (and that two calls
+agree bit for bit), times it from a CUDA graph over rotating weight copies; sweeps stages x bricks per stage, the
+register cap (programs per SM) and the grid (tiles x the heuristic K split, or stream-K over a multiple of the SM
+count). --rotate B also times W4A16's online rotation + GEMM, as two kernels and inside the GEMM.
 
-    python benchmarks/ws_sweep.py [--m 1] [--pdl] [--json out/ws_sweep.json]
+    python benchmarks/ws_sweep.py [--m 1] [--fmt mxfp4,nvfp4] [--rotate 32] [--json out/ws_sweep.json]
 """
 import argparse
 import json
@@ -23,22 +24,23 @@ from mrgptq.kernels.wsgemv import ws_gemv
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--m", default="1", help="rows of x (tokens), comma-separated")
+ap.add_argument("--fmt", default="mxfp4", help="weight formats, comma-separated")
 ap.add_argument("--stages", default="4x1,6x1,3x2", help="stages x bricks per stage")
 ap.add_argument("--maxnreg", default="48,64")
 ap.add_argument("--programs", default="0,2,3", help="stream-K programs per SM (0: tiles x K split, the default)")
-ap.add_argument("--pdl", action="store_true", help="also time rotation -> GEMM pairs with and without PDL")
+ap.add_argument("--rotate", default="", help="also time W4A16's rotation (block size) + GEMM, apart and fused")
 ap.add_argument("--json", default="out/ws_sweep.json")
 args = ap.parse_args()
 kb.GRAPHS = True
 sms = _sm_count(torch.device("cuda"))
 
 rows = []
-for M in map(int, args.m.split(",")):
+for fmt, M in [(f, int(m)) for f in args.fmt.split(",") for m in args.m.split(",")]:
     for name, (N, K) in list(kb.SHAPES.items())[:4]:
         n_w = kb.copies(N * K // 2)
         x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
         t_bf16 = kb.bf16_time(x, N, K)
-        q, bufs, alpha, wdq = kb.packed_weights("mxfp4", N, K, n_w, "cuda")
+        q, bufs, alpha, wdq = kb.packed_weights(fmt, N, K, n_w, "cuda")
         tcb = [tc_pack(*b, q.spec) for b in bufs]
         ref = x.float() @ wdq.float().T
         t_tc = kb.bench(lambda i: tc_gemv(x, tcb[i], alpha), n_w) * 1e6
@@ -55,23 +57,28 @@ for M in map(int, args.m.split(",")):
                         rel = ((y.float() - ref).norm() / ref.norm()).item()
                         if not (rel < 1e-2 and torch.equal(y, y2)):
                             bad.append((cfg, rel))
-                            print("WRONG", name, M, cfg, rel, "repeatable:", torch.equal(y, y2), flush=True)
+                            print("WRONG", fmt, name, M, cfg, rel, "repeatable:", torch.equal(y, y2), flush=True)
                             continue
                         res[cfg] = kb.bench(lambda i: ws_gemv(x, tcb[i], alpha, **kw), n_w) * 1e6
                     except Exception as e:
                         print("fail", name, cfg, repr(e)[:400], flush=True)
         pairs = {}
-        if args.pdl:  # W4A16 decode runs the online rotation, then the GEMM: PDL lets the GEMM fetch weights early
-            for pdl in (False, True):
-                pairs[f"rotate+ws pdl={int(pdl)}"] = kb.bench(
-                    lambda i: ws_gemv(rotate(x, 32, pdl=pdl), tcb[i], alpha, pdl=pdl), n_w) * 1e6
-            pairs["rotate+tc"] = kb.bench(lambda i: tc_gemv(rotate(x, 32), tcb[i], alpha), n_w) * 1e6
-            print(f"{name:12s} M={M} " + "; ".join(f"{k} {v:.1f}us" for k, v in pairs.items()), flush=True)
+        if args.rotate:  # W4A16 decode: the online rotation, then the GEMM, or the rotation inside the GEMM
+            b = int(args.rotate)
+            want = tc_gemv(rotate(x, b), tcb[0], alpha)
+            got = ws_gemv(x, tcb[0], alpha, rotate=b)
+            if not torch.equal(got, want):
+                err = ((got.float() - want.float()).norm() / want.float().norm()).item()
+                print("WRONG fused rotation", fmt, name, M, err, flush=True)
+            pairs["rotate+tc"] = kb.bench(lambda i: tc_gemv(rotate(x, b), tcb[i], alpha), n_w) * 1e6
+            pairs["rotate+ws"] = kb.bench(lambda i: ws_gemv(rotate(x, b), tcb[i], alpha), n_w) * 1e6
+            pairs["ws rotating"] = kb.bench(lambda i: ws_gemv(x, tcb[i], alpha, rotate=b), n_w) * 1e6
+            print(f"{fmt} {name:12s} M={M} " + "; ".join(f"{k} {v:.1f}us" for k, v in pairs.items()), flush=True)
         best = sorted(res, key=res.get)[:4]
         dflt = res.get((4, 1, 64, 0), float("nan"))
-        print(f"{name:12s} M={M} bf16 {t_bf16:.1f}us tc {t_tc:.1f}us x{t_bf16 / t_tc:.2f} | ws default {dflt:.1f}us | "
+        print(f"{fmt} {name:12s} M={M} bf16 {t_bf16:.1f}us tc {t_tc:.1f}us x{t_bf16 / t_tc:.2f} | ws default {dflt:.1f}us | "
               + "; ".join(f"{c} {res[c]:.1f}us x{t_bf16 / res[c]:.2f}" for c in best), flush=True)
-        rows.append(dict(shape=name, M=M, N=N, K=K, bf16_us=t_bf16, tc_us=t_tc,
+        rows.append(dict(fmt=fmt, shape=name, M=M, N=N, K=K, bf16_us=t_bf16, tc_us=t_tc,
                          ws={str(k): v for k, v in res.items()}, pairs=pairs, wrong=[str(b) for b in bad]))
 Path(args.json).parent.mkdir(parents=True, exist_ok=True)
 Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "config": "(stages, bricks, maxnreg, "

@@ -28,7 +28,7 @@ def available(x: torch.Tensor | None = None) -> bool:
 
 
 TC_ROWS = 128  # up to this many rows: the tensor-core decode GEMM (tcgemv.py) where the weight fits its layout
-WS_ROWS = 16  # up to this many rows, MXFP4 on Hopper: its warp-specialized form (wsgemv.py; MRGPTQ_WS=0: off)
+WS_ROWS = 16  # up to this many bf16 rows on Hopper: its warp-specialized form (wsgemv.py; MRGPTQ_WS=0: off)
 GEMV_ROWS = 2  # else up to this many rows (decode): the CUDA-core GEMV (it re-reads the weight per row)
 DENSE_ROWS = 64  # from this many rows (prefill) on: dequantize, then a 16-bit cuBLAS GEMM
 
@@ -42,12 +42,17 @@ def tc_weight(module):
     return module._tc or None
 
 
+def _block(module) -> int | None:
+    """The online rotation's block size (None: no rotation)."""
+    rot = module.rotation
+    return None if rot is None or rot.is_identity else rot.size
+
+
 def _operands(x2: torch.Tensor, module):
     """The GEMM's left operand: x R (W4A16), or Q_a(x R) as (codes, scales) (W4A4)."""
     from .quantize import rotate, rotate_quantize
 
-    rot = module.rotation
-    block = None if rot is None or rot.is_identity else rot.size
+    block = _block(module)
     if module.act_spec is not None:
         return rotate_quantize(x2, module.act_spec, block, module.act_rule, module.input_global_scale)
     return (x2 if block is None else rotate(x2, block)), None
@@ -63,17 +68,24 @@ def _ws_enabled(device: torch.device) -> bool:
     return gluon_ok(device)
 
 
-def _tc_product(module, tw, a, a_scales, out_dtype):
+def _tc_product(module, tw, x2, out_dtype):
+    """The decode GEMM on the re-laid weight: warp-specialized up to WS_ROWS bf16 rows on Hopper (which also
+    applies W4A16's online rotation up to 64-wide blocks itself), else `tc_gemv` (W4A4 activations
+    dequantized first: few rows, and their values are then exact)."""
     from .gemm import dequantize
     from .tcgemv import tc_gemv
 
     gw, ga = module.global_divisors()
+    ws = x2.shape[0] <= WS_ROWS and out_dtype == torch.bfloat16 and _ws_enabled(x2.device)
+    if ws:
+        from .wsgemv import ROT_BLOCKS, ws_gemv
+
+        if module.act_spec is None and _block(module) in (None, *ROT_BLOCKS):
+            return ws_gemv(x2, tw, 1.0 / gw, rotate=_block(module))
+    a, a_scales = _operands(x2, module)
     if a_scales is not None:
         a = dequantize(a, a_scales, module.act_spec, ga, torch.bfloat16)
-    if a.shape[0] <= WS_ROWS and out_dtype == torch.bfloat16 and tw.spec.scale_dtype == "e8m0" \
-            and _ws_enabled(a.device):
-        from .wsgemv import ws_gemv
-
+    if ws:
         return ws_gemv(a, tw, 1.0 / gw)
     return tc_gemv(a, tw, 1.0 / gw, out_dtype=out_dtype)
 
@@ -82,7 +94,7 @@ def sibling_product(x: torch.Tensor, group) -> torch.Tensor:
     """Every member's output side by side, (..., sum of out_features): one rotation, one decode GEMM."""
     m = group.members[0]
     K = x.shape[-1]
-    y = _tc_product(m, group.weight(), *_operands(x.reshape(-1, K), m), x.dtype)
+    y = _tc_product(m, group.weight(), x.reshape(-1, K), x.dtype)
     if group.bias is not None:
         y = y + group.bias.to(y.dtype)
     return y.reshape(*x.shape[:-1], -1)
@@ -92,13 +104,12 @@ def fp4_linear(x: torch.Tensor, module, use_group: bool = True) -> torch.Tensor:
     """QuantLinear's forward on the GPU: rotate (+ quantize) the input, then the packed-weight product.
 
     Up to TC_ROWS rows (decode, small batches) the tensor-core decode GEMM on the weight re-laid once
-    (`tcgemv.py`; MXFP4 up to WS_ROWS rows on Hopper: its warp-specialized form, `wsgemv.py`; W4A4
-    activations are dequantized first: few rows, and their values are then exact), for a
-    sibling group (`siblings.py`, unless `use_group` is False) once for all members; where the weight does not
-    fit that layout, the CUDA-core GEMV up to GEMV_ROWS, then the FP4 tile GEMM; prefill dequantizes the
-    operands in one pass each (bit-identical to formats.dequantize) and uses cuBLAS, which on Hopper beats
-    decoding inside the GEMM loop (BENCHMARKS.md); MXFP4 W4A4 prefill turns both operands into exact E4M3 with
-    per-row scales and runs one FP8 cuBLAS GEMM (`fp8.py`). Prefill siblings share the prepared input."""
+    (`_tc_product`), for a sibling group (`siblings.py`, unless `use_group` is False) once for all members;
+    where the weight does not fit that layout, the CUDA-core GEMV up to GEMV_ROWS, then the FP4 tile GEMM;
+    prefill dequantizes the operands in one pass each (bit-identical to formats.dequantize) and uses cuBLAS,
+    which on Hopper beats decoding inside the GEMM loop (BENCHMARKS.md); MXFP4 W4A4 prefill turns both operands
+    into exact E4M3 with per-row scales and runs one FP8 cuBLAS GEMM (`fp8.py`). Prefill siblings share the
+    prepared input."""
     from .fp8 import fp8_matmul, fp8_rows, has_fp8_gemm
     from .gemm import dequantize, fp4_matmul
     from .gemv import fp4_gemv
@@ -112,7 +123,7 @@ def fp4_linear(x: torch.Tensor, module, use_group: bool = True) -> torch.Tensor:
     gw, ga = module.global_divisors()
     tw = tc_weight(module) if rows <= TC_ROWS else None
     if tw is not None:
-        y = _tc_product(module, tw, *_operands(x2, module), x.dtype)
+        y = _tc_product(module, tw, x2, x.dtype)
     elif rows >= DENSE_ROWS:  # prefill: 16-bit (or FP8) operands for one cuBLAS GEMM
         w_fp8 = module.act_spec is not None and module.spec.scale_dtype == "e8m0" and has_fp8_gemm(x.device)
 

@@ -11,9 +11,6 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # CPU interpreter: numpy has no bf16, dot in fp32
-# Programmatic dependent launch (experimental, MRGPTQ_PDL=1): the online rotation lets the decode GEMM after it
-# start early, and that GEMM requests its first weights before waiting for the rotation (wsgemv.py).
-PDL = os.environ.get("MRGPTQ_PDL") == "1" and not INTERPRET
 
 # Scale-rule ids shared with the Python side (formats.scales names).
 RULE_SPEC, RULE_CEIL, RULE_ROUNDED, RULE_FOUR_THIRDS = 0, 1, 2, 3

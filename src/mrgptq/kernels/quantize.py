@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents
 
 from ..errors import MrgptqError
 from ..formats import FormatSpec
@@ -17,7 +16,6 @@ from ..transforms.hadamard import sylvester
 from .bf16x2 import column_order, encode_ptx, run_length
 from .fp4 import (
     INTERPRET,
-    PDL,
     RULE_IDS,
     bf16_round_trip,
     div_rn_by,
@@ -211,10 +209,8 @@ def _rotate_quantize_kernel(
 
 @triton.jit
 def _rotate_kernel(x_ptr, h_ptr, y_ptr, M, K, stride_xm, B: tl.constexpr, BLOCK_M: tl.constexpr,
-                   BLOCK_K: tl.constexpr, INV_SQRT_B: tl.constexpr, F32_DOT: tl.constexpr, PDL: tl.constexpr):
+                   BLOCK_K: tl.constexpr, INV_SQRT_B: tl.constexpr, F32_DOT: tl.constexpr):
     """W4A16's online half: y = x R in x's dtype (rotated in fp32, rounded once)."""
-    if PDL:  # a dependent kernel launched with PDL may start now; it waits for y with griddepcontrol.wait
-        gdc_launch_dependents()
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     rmask = rows < M
@@ -223,10 +219,8 @@ def _rotate_kernel(x_ptr, h_ptr, y_ptr, M, K, stride_xm, B: tl.constexpr, BLOCK_
     store_rounded(y_ptr + rows[:, None] * K + cols[None, :], y, rmask[:, None])
 
 
-def rotate(x: torch.Tensor, block: int, block_m: int | None = None, pdl: bool | None = None) -> torch.Tensor:
+def rotate(x: torch.Tensor, block: int, block_m: int | None = None) -> torch.Tensor:
     """x R for a power-of-two block Hadamard R (leading dims flattened), in x's dtype.
-
-    `pdl` (default MRGPTQ_PDL=1): let a kernel launched after it as a programmatic dependent start at once.
 
     Up to 128-wide blocks the tile has at least 64 rows of blocks, so the product is a wgmma as in
     `rotate_quantize`'s default tiles: tensor-core instructions of other shapes may round the fp32 sums
@@ -242,8 +236,7 @@ def rotate(x: torch.Tensor, block: int, block_m: int | None = None, pdl: bool | 
     y = torch.empty_like(x2)
     grid = (triton.cdiv(x2.shape[0], block_m), K // block_k)
     _rotate_kernel[grid](x2, _hadamard_pm1(block, x.device), y, x2.shape[0], K, x2.stride(0), B=block,
-                         BLOCK_M=block_m, BLOCK_K=block_k, INV_SQRT_B=float(block) ** -0.5, F32_DOT=INTERPRET,
-                         PDL=PDL if pdl is None else (pdl and not INTERPRET))
+                         BLOCK_M=block_m, BLOCK_K=block_k, INV_SQRT_B=float(block) ** -0.5, F32_DOT=INTERPRET)
     return y.reshape(x.shape)
 
 

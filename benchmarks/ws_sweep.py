@@ -2,7 +2,9 @@
 linears (MXFP4, or NVFP4 with --fmt): checks each config against the dequantized reference (and that two calls
 agree bit for bit), times it from a CUDA graph over rotating weight copies; sweeps stages x bricks per stage, the
 register cap (programs per SM) and the grid (tiles x the heuristic K split, or stream-K over a multiple of the SM
-count). --rotate B also times W4A16's online rotation + GEMM, as two kernels and inside the GEMM.
+count). --rotate B also times W4A16's online rotation (blocks of B) followed by the GEMM; --floor times a plain
+streaming read of the same packed bytes (torch.amax / torch.sum over the words and scales): no kernel that reads
+them once can be much faster, so bf16 time / floor bounds the speed-up any FP4 decode GEMM can reach here.
 
     python benchmarks/ws_sweep.py [--m 1] [--fmt mxfp4,nvfp4] [--rotate 32] [--json out/ws_sweep.json]
 """
@@ -28,7 +30,8 @@ ap.add_argument("--fmt", default="mxfp4", help="weight formats, comma-separated"
 ap.add_argument("--stages", default="4x1,6x1,3x2", help="stages x bricks per stage")
 ap.add_argument("--maxnreg", default="48,64")
 ap.add_argument("--programs", default="0,2,3", help="stream-K programs per SM (0: tiles x K split, the default)")
-ap.add_argument("--rotate", default="", help="also time W4A16's rotation (block size) + GEMM, apart and fused")
+ap.add_argument("--rotate", default="", help="also time W4A16's rotation (block size) + GEMM")
+ap.add_argument("--floor", action="store_true", help="also time a plain read of the packed bytes")
 ap.add_argument("--json", default="out/ws_sweep.json")
 args = ap.parse_args()
 kb.GRAPHS = True
@@ -63,17 +66,18 @@ for fmt, M in [(f, int(m)) for f in args.fmt.split(",") for m in args.m.split(",
                     except Exception as e:
                         print("fail", name, cfg, repr(e)[:400], flush=True)
         pairs = {}
-        if args.rotate:  # W4A16 decode: the online rotation, then the GEMM, or the rotation inside the GEMM
+        if args.rotate:  # W4A16 decode: the online rotation, then the GEMM
             b = int(args.rotate)
-            want = tc_gemv(rotate(x, b), tcb[0], alpha)
-            got = ws_gemv(x, tcb[0], alpha, rotate=b)
-            if not torch.equal(got, want):
-                err = ((got.float() - want.float()).norm() / want.float().norm()).item()
-                print("WRONG fused rotation", fmt, name, M, err, flush=True)
             pairs["rotate+tc"] = kb.bench(lambda i: tc_gemv(rotate(x, b), tcb[i], alpha), n_w) * 1e6
             pairs["rotate+ws"] = kb.bench(lambda i: ws_gemv(rotate(x, b), tcb[i], alpha), n_w) * 1e6
-            pairs["ws rotating"] = kb.bench(lambda i: ws_gemv(x, tcb[i], alpha, rotate=b), n_w) * 1e6
             print(f"{fmt} {name:12s} M={M} " + "; ".join(f"{k} {v:.1f}us" for k, v in pairs.items()), flush=True)
+        if args.floor:
+            flat = [torch.cat([b.words.flatten(), b.scales.view(torch.int32).flatten()]) for b in tcb]
+            pairs["read floor"] = min(kb.bench(lambda i: torch.amax(flat[i]), n_w),
+                                      kb.bench(lambda i: torch.sum(flat[i], dtype=torch.int64), n_w)) * 1e6
+            t = pairs["read floor"]
+            print(f"{fmt} {name:12s} M={M} read floor {t:.1f}us ({flat[0].numel() * 4e-3 / t:.0f} GB/s) "
+                  f"-> at most x{t_bf16 / t:.2f} over bf16 {t_bf16:.1f}us", flush=True)
         best = sorted(res, key=res.get)[:4]
         dflt = res.get((4, 1, 64, 0), float("nan"))
         print(f"{fmt} {name:12s} M={M} bf16 {t_bf16:.1f}us tc {t_tc:.1f}us x{t_bf16 / t_tc:.2f} | ws default {dflt:.1f}us | "

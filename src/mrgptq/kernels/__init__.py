@@ -42,17 +42,12 @@ def tc_weight(module):
     return module._tc or None
 
 
-def _block(module) -> int | None:
-    """The online rotation's block size (None: no rotation)."""
-    rot = module.rotation
-    return None if rot is None or rot.is_identity else rot.size
-
-
 def _operands(x2: torch.Tensor, module):
     """The GEMM's left operand: x R (W4A16), or Q_a(x R) as (codes, scales) (W4A4)."""
     from .quantize import rotate, rotate_quantize
 
-    block = _block(module)
+    rot = module.rotation
+    block = None if rot is None or rot.is_identity else rot.size
     if module.act_spec is not None:
         return rotate_quantize(x2, module.act_spec, block, module.act_rule, module.input_global_scale)
     return (x2 if block is None else rotate(x2, block)), None
@@ -69,23 +64,18 @@ def _ws_enabled(device: torch.device) -> bool:
 
 
 def _tc_product(module, tw, x2, out_dtype):
-    """The decode GEMM on the re-laid weight: warp-specialized up to WS_ROWS bf16 rows on Hopper (which also
-    applies W4A16's online rotation up to 64-wide blocks itself), else `tc_gemv` (W4A4 activations
-    dequantized first: few rows, and their values are then exact)."""
+    """The decode GEMM on the re-laid weight after the online rotation: warp-specialized up to WS_ROWS bf16 rows
+    on Hopper, else `tc_gemv` (W4A4 activations dequantized first: few rows, and their values are then exact)."""
     from .gemm import dequantize
     from .tcgemv import tc_gemv
 
     gw, ga = module.global_divisors()
-    ws = x2.shape[0] <= WS_ROWS and out_dtype == torch.bfloat16 and _ws_enabled(x2.device)
-    if ws:
-        from .wsgemv import ROT_BLOCKS, ws_gemv
-
-        if module.act_spec is None and _block(module) in (None, *ROT_BLOCKS):
-            return ws_gemv(x2, tw, 1.0 / gw, rotate=_block(module))
     a, a_scales = _operands(x2, module)
     if a_scales is not None:
         a = dequantize(a, a_scales, module.act_spec, ga, torch.bfloat16)
-    if ws:
+    if a.shape[0] <= WS_ROWS and out_dtype == torch.bfloat16 and _ws_enabled(a.device):
+        from .wsgemv import ws_gemv
+
         return ws_gemv(a, tw, 1.0 / gw)
     return tc_gemv(a, tw, 1.0 / gw, out_dtype=out_dtype)
 

@@ -12,8 +12,7 @@ storage order, so each program streams one contiguous range [u0, u1). Programs s
 cover into a slot of their own; a tile's last contributor adds the slots in program order (deterministic) and
 stores y. With P = tiles x split the ranges are exactly `tc_gemv`'s K splits and the result is bit-identical
 to it; other P give stream-K. Scales: an MXFP4 brick row's four E8M0 bytes are one word (byte v scales words
-4t + v); an NVFP4 row's eight E4M3 bytes are two words, copied word-major. W4A16's online rotation can run in
-the consumer too (`rotate`): two wgmmas of the x tile with a block-diagonal H, stored back as bf16.
+4t + v); an NVFP4 row's eight E4M3 bytes are two words, copied word-major.
 """
 from __future__ import annotations
 
@@ -28,7 +27,6 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared,
     mbarrier,
     warpgroup_mma,
-    warpgroup_mma_wait,
 )
 
 from ..errors import MrgptqError
@@ -138,54 +136,13 @@ def _flush(acc, n, a_beg, a_end, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, stride_ym,
 
 
 @gluon.jit
-def _hadamard64(h_smem, ROT: gl.constexpr):
-    """diag(H_ROT, ...) over 64 x 64 into shared memory, the +-1 Sylvester blocks (entry (i, j) is
-    (-1)^popcount(i & j) within a block): the online rotation's wgmma operand."""
-    HL: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])
-    i = gl.arange(0, 64, gl.SliceLayout(1, HL))[:, None]
-    j = gl.arange(0, 64, gl.SliceLayout(0, HL))[None, :]
-    odd = i & j & (ROT - 1)
-    odd = odd ^ (odd >> 4)
-    odd = odd ^ (odd >> 2)
-    odd = (odd ^ (odd >> 1)) & 1  # the parity of six bits
-    h = gl.where(i // ROT == j // ROT, 1.0 - 2.0 * odd.to(gl.float32), 0.0)
-    h_smem.store(h.to(gl.bfloat16))
-
-
-@gluon.jit
-def _rotation_mma(xs, h_smem, MP: gl.constexpr, MMA: gl.constexpr):
-    """The online rotation in the GEMM, started: (x R)^T sqrt(b) for the 128-wide x tile xs, R = diag(H_b) /
-    sqrt(b), as two asynchronous wgmmas of the 64 x 64 block-diagonal H with the tile's halves (the same 16-wide
-    k steps and fp32 sums as `quantize.rotate`; the zero blocks add exact zeros)."""
-    zero = gl.zeros((64, MP), gl.float32, MMA)
-    d0 = warpgroup_mma(h_smem, xs.slice(0, 64, dim=1).permute((1, 0)), zero, use_acc=False, is_async=True)
-    d1 = warpgroup_mma(h_smem, xs.slice(64, 64, dim=1).permute((1, 0)), zero, use_acc=False, is_async=True)
-    return d0, d1
-
-
-@gluon.jit
-def _store_rotated(d0, d1, xr, INV_SQRT_B: gl.constexpr):
-    """xr = x R in bf16 (one multiply, rounded once), once the rotation's wgmmas are done."""
-    d0, d1 = warpgroup_mma_wait(0, deps=[d0, d1])
-    d = gl.permute(gl.join(d0, d1), (1, 2, 0))  # (tokens, half, k)
-    xr.store(gl.reshape(d * INV_SQRT_B, (d.shape[0], 128)).to(gl.bfloat16))
-    fence_async_shared()  # the next wgmma reads xr through the async proxy, after every warp has written
-    gl.thread_barrier()
-
-
-@gluon.jit
-def _consumer(w_bufs, s_bufs, x_bufs, xr_bufs, h_smem, ready, empty, y_ptr, ws_ptr, cnt_ptr, alpha, M, N,
-              stride_ym, u0, u1, U, P, p, steps, MP: gl.constexpr, WL: gl.constexpr, KB: gl.constexpr,
-              NV: gl.constexpr, ROT: gl.constexpr):
-    """One warpgroup: per unit, decode the stage's bricks and wgmma them with x (rotated first when ROT, into
-    one of two buffers that alternate by unit: a buffer is rewritten only after every warp's wgmma that read it
-    has passed the next unit's barrier); flush at each tile's end."""
+def _consumer(w_bufs, s_bufs, x_bufs, ready, empty, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, stride_ym, u0, u1, U, P,
+              p, steps, MP: gl.constexpr, WL: gl.constexpr, KB: gl.constexpr, NV: gl.constexpr):
+    """One warpgroup: per unit, decode the stage's bricks and wgmma them with x; flush at each tile's end."""
     S: gl.constexpr = ready.type.shape[0]
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, MP, 16])
     AL: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     v = gl.arange(0, 16, gl.SliceLayout(0, WL)) % 4  # word 4t + v
-    if ROT:
-        _hadamard64(h_smem, ROT)
     for n in range(u0 // steps, gl.cdiv(u1, steps)):  # the tiles that units [u0, u1) meet (none if empty)
         a_beg = gl.maximum(u0, n * steps)
         a_end = gl.minimum(u1, (n + 1) * steps)
@@ -194,16 +151,10 @@ def _consumer(w_bufs, s_bufs, x_bufs, xr_bufs, h_smem, ready, empty, y_ptr, ws_p
             i = u - u0
             st = i % S
             mbarrier.wait(ready.index(st), (i // S) & 1)
-            fence_async_shared()  # x was written by cp.async (and H by this warpgroup); wgmma reads them async
+            fence_async_shared()  # x was written by cp.async; wgmma reads it through the async proxy
             for j in gl.static_range(KB):
-                xs = x_bufs.index(st * KB + j)
-                if ROT:  # rotate x while the weights decode
-                    d0, d1 = _rotation_mma(xs, h_smem, MP, MMA)
                 a = _decode_step(w_bufs, s_bufs, st * KB + j, v, AL, WL, NV)
-                if ROT:
-                    xs = xr_bufs.index((i % 2) * KB + j)
-                    _store_rotated(d0, d1, xs, ROT ** -0.5)
-                acc = warpgroup_mma(a, xs.permute((1, 0)), acc)
+                acc = warpgroup_mma(a, x_bufs.index(st * KB + j).permute((1, 0)), acc)
             mbarrier.arrive(empty.index(st), count=1)
         _flush(acc, n, a_beg, a_end, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, stride_ym, u0, U, P, p, steps, MP, MMA)
 
@@ -211,7 +162,7 @@ def _consumer(w_bufs, s_bufs, x_bufs, xr_bufs, h_smem, ready, empty, y_ptr, ws_p
 @gluon.jit
 def _ws_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, K, stride_xm, stride_ym,
                     S: gl.constexpr, MP: gl.constexpr, PREGS: gl.constexpr, XSL: gl.constexpr, WL: gl.constexpr,
-                    KB: gl.constexpr, NV: gl.constexpr, ROT: gl.constexpr):
+                    KB: gl.constexpr, NV: gl.constexpr):
     """Program p takes units [p U / P, (p + 1) U / P) of the U = tiles x steps (module docstring)."""
     p = gl.program_id(0)
     P = gl.num_programs(0)
@@ -223,27 +174,17 @@ def _ws_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, K,
     SW: gl.constexpr = 2 if NV else 1  # scale words per brick row
     s_bufs = gl.allocate_shared_memory(gl.int32, [S * KB * SW, 64], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     x_bufs = gl.allocate_shared_memory(gl.bfloat16, [S * KB, MP, 128], XSL)
-    if ROT:  # rotated x tiles for two units, and H
-        xr_bufs = gl.allocate_shared_memory(gl.bfloat16, [2 * KB, MP, 128], XSL)
-        HSL: gl.constexpr = gl.NVMMASharedLayout.get_default_for([64, 64], gl.bfloat16)
-        h_smem = gl.allocate_shared_memory(gl.bfloat16, [64, 64], HSL)
-    else:  # (unused)
-        xr_bufs = x_bufs
-        h_smem = x_bufs
     ready = gl.allocate_shared_memory(gl.int64, [S, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [S, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(S):
         mbarrier.init(ready.index(i), count=32)  # one cp.async arrival per producer thread
         mbarrier.init(empty.index(i), count=1)
     gl.warp_specialize([
-        (_consumer, (w_bufs, s_bufs, x_bufs, xr_bufs, h_smem, ready, empty, y_ptr, ws_ptr, cnt_ptr, alpha, M, N,
-                     stride_ym, u0, u1, U, P, p, steps, MP, WL, KB, NV, ROT)),
+        (_consumer, (w_bufs, s_bufs, x_bufs, ready, empty, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, stride_ym, u0, u1,
+                     U, P, p, steps, MP, WL, KB, NV)),
         (_producer, (x_ptr, w_ptr, s_ptr, w_bufs, s_bufs, x_bufs, ready, empty, M, stride_xm, u0, u1, steps, MP,
                      KB, SW)),
     ], [1], [PREGS])
-
-
-ROT_BLOCKS = (16, 32, 64)  # online rotation blocks the kernel applies itself (one 64 x 64 H operand)
 
 
 @functools.cache
@@ -267,11 +208,8 @@ def _pick(M: int, N: int, K: int, sms: int) -> tuple[int, int, int]:
 
 def ws_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tensor | None = None,
             split: int | None = None, bricks: int | None = None, stages: int | None = None,
-            programs: int | None = None, maxnreg: int = 64, mp: int | None = None,
-            rotate: int | None = None) -> torch.Tensor:
-    """y (M, N) = alpha * x' W^T in bf16, x (M <= 16, K) bf16, W a `TcWeight`; x' = x, or with `rotate` = b
-    (16, 32 or 64) x R for the block Hadamard R = diag(H_b) / sqrt(b), rotated in the kernel (W4A16's online
-    rotation without a launch of its own; the same products and sums as `quantize.rotate`).
+            programs: int | None = None, maxnreg: int = 64, mp: int | None = None) -> torch.Tensor:
+    """y (M, N) = alpha * x W^T in bf16, x (M <= 16, K) bf16, W a `TcWeight`.
 
     Defaults (`_pick`): K split as `tc_gemv` would (P = tiles x split programs, bit-identical results). `programs`
     overrides P (stream-K); `maxnreg` caps registers (64: 4 programs per SM); `mp` is the token tile (8 or 16)."""
@@ -290,8 +228,6 @@ def ws_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tensor
     mp = mp or (8 if M <= 8 else 16)
     if M > mp:
         raise MrgptqError(f"ws_gemv: M={M} rows do not fit a token tile of {mp}")
-    if rotate not in (None, *ROT_BLOCKS):
-        raise MrgptqError(f"ws_gemv: rotates blocks of {', '.join(map(str, ROT_BLOCKS))}, not {rotate}")
     P = min(programs or tiles * split, tiles * (k128 // bricks))  # more programs than units would idle
     ws, cnt = _workspace(x.device)
     if 2 * P * 64 * mp > ws.numel() or tiles > cnt.numel():
@@ -301,5 +237,5 @@ def ws_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tensor
     _ws_gemv_kernel[(P,)](x, tw.words, tw.scales.view(torch.int32), y, ws, cnt, alpha * 2.0 ** tw.shift, M, N, K,
                           x.stride(0), y.stride(0), S=stages, MP=mp, PREGS=32 if bricks == 1 else 40,
                           XSL=x_layout(mp), WL=WORDS, KB=bricks, NV=tw.spec.scale_dtype == "e4m3",
-                          ROT=rotate or 0, num_warps=4, maxnreg=maxnreg)
+                          num_warps=4, maxnreg=maxnreg)
     return y

@@ -376,12 +376,15 @@ def test_sibling_group_serves_each_member_once_per_input():
 
 
 @pytest.mark.skipif(not GPU, reason="sibling fusion is part of the CUDA dispatch")
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])  # NVFP4: each member has its own per-tensor weight scale
 @pytest.mark.parametrize("w4a4", [False, True])
 @pytest.mark.parametrize("tokens", [(3, 2), (2, 150)])  # decode: one fused GEMM; prefill: one shared operand
-def test_fused_siblings_match_separate_linears(w4a4, tokens):
+def test_fused_siblings_match_separate_linears(fmt, w4a4, tokens):
     from mrgptq.kernels.siblings import fuse_siblings
 
-    parent, x = _siblings("mxfp4", w4a4, tokens=tokens)
+    parent, x = _siblings(fmt, w4a4, tokens=tokens)
+    if fmt == "nvfp4":
+        assert len({getattr(parent, n).global_divisors()[0] for n in ("q_proj", "k_proj", "v_proj")}) == 3
     os.environ["MRGPTQ_KERNELS"] = "0"
     refs = [getattr(parent, n)(x).float() for n in ("q_proj", "k_proj", "v_proj")]
     os.environ["MRGPTQ_KERNELS"] = "1"

@@ -7,6 +7,7 @@ weights drawn like the real ones (normal, std 0.02), so no checkpoint download i
 """
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 
@@ -190,10 +191,15 @@ def measure(model, batches=(1, 8, 32), prompt_len: int = 128, new_tokens: int = 
     graphs=False)."""
     dev = next(model.parameters()).device
     cuda = dev.type == "cuda"
+    if compile:
+        # every model's forward is one code object: drop the previous model's graphs, or their count reaches
+        # dynamo's recompile limit (8) and later models silently run eagerly; they also hold that model's memory
+        torch._dynamo.reset()
     if cuda:
         from ..kernels.siblings import fuse_siblings
 
         fuse_siblings(model)  # as runtime.load does: q/k/v and gate/up decode as one product
+        gc.collect()  # a previous model's CUDA graphs and buffers, so the peak below is this model's
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     res = {"decode": {}, "prefill": {}, "compiled": compile}
@@ -201,9 +207,6 @@ def measure(model, batches=(1, 8, 32), prompt_len: int = 128, new_tokens: int = 
     if compile:
         from ..runtime.compiled import compile as compile_fn
 
-        # every model's forward is one code object: drop the previous model's graphs, or their count reaches
-        # dynamo's recompile limit (8) and later models silently run eagerly
-        torch._dynamo.reset()
         forward = compile_fn(model.forward, dynamic=False)
     for b in batches:
         _, secs, used = decode(model, b, prompt_len, new_tokens, graphs, forward=forward)

@@ -63,28 +63,30 @@ def _ws_enabled(device: torch.device) -> bool:
     return gluon_ok(device)
 
 
-def _tc_product(module, tw, x2, out_dtype):
+def _tc_product(module, tw, x2, out_dtype, alpha=None):
     """The decode GEMM on the re-laid weight after the online rotation: warp-specialized up to WS_ROWS bf16 rows
-    on Hopper, else `tc_gemv` (W4A4 activations dequantized first: few rows, and their values are then exact)."""
+    on Hopper, else `tc_gemv` (W4A4 activations dequantized first: few rows, and their values are then exact).
+    alpha: the product's factor (default 1 / the module's weight per-tensor scale)."""
     from .gemm import dequantize
     from .tcgemv import tc_gemv
 
     gw, ga = module.global_divisors()
+    alpha = 1.0 / gw if alpha is None else alpha
     a, a_scales = _operands(x2, module)
     if a_scales is not None:
         a = dequantize(a, a_scales, module.act_spec, ga, torch.bfloat16)
     if a.shape[0] <= WS_ROWS and out_dtype == torch.bfloat16 and _ws_enabled(a.device):
         from .wsgemv import ws_gemv
 
-        return ws_gemv(a, tw, 1.0 / gw)
-    return tc_gemv(a, tw, 1.0 / gw, out_dtype=out_dtype)
+        return ws_gemv(a, tw, alpha)
+    return tc_gemv(a, tw, alpha, out_dtype=out_dtype)
 
 
 def sibling_product(x: torch.Tensor, group) -> torch.Tensor:
     """Every member's output side by side, (..., sum of out_features): one rotation, one decode GEMM."""
     m = group.members[0]
     K = x.shape[-1]
-    y = _tc_product(m, group.weight(), x.reshape(-1, K), x.dtype)
+    y = _tc_product(m, group.weight(), x.reshape(-1, K), x.dtype, group.alpha)
     if group.bias is not None:
         y = y + group.bias.to(y.dtype)
     return y.reshape(*x.shape[:-1], -1)

@@ -4,10 +4,13 @@ Hugging Face calls q_proj, k_proj and v_proj one after another on the same tenso
 a few microseconds of fixed cost (launch, ramp-up, the rotation kernel), so `fuse_siblings` ties such modules
 into a group: the first call computes every member's output with the concatenated weight (built once in the
 decode layout) and the others return their slice of it. In prefill (GPU) the members keep their own GEMMs but
-share the rotated (and quantized) input. The CPU path is unchanged. Members must agree on format, rotation,
-activation quantizer and per-tensor scales, so the fused product is exactly the members' products side by side.
+share the rotated (and quantized) input. The CPU path is unchanged. Members must agree on format, rotation and
+activation quantizer; where their weights' per-tensor scales differ (NVFP4) the fused product applies each
+member's per output row, so it is exactly the members' products side by side.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -26,6 +29,16 @@ class Siblings:
         handle(self)  # its name inside compiled graphs (runtime/compiled.py)
         mark_constants()
 
+    @functools.cached_property
+    def per_row(self) -> bool:
+        """Whether the members' weights have per-tensor scales of their own (NVFP4): applied per output row."""
+        return len({m.global_divisors()[0] for m in self.members}) > 1
+
+    @functools.cached_property
+    def alpha(self) -> float:
+        """The product's scalar factor: 1 / g_w when the members share it, else 1 (and the weight's row_alpha)."""
+        return 1.0 if self.per_row else 1.0 / self.members[0].global_divisors()[0]
+
     def weight(self):
         from .tcgemv import packed_once
 
@@ -39,7 +52,11 @@ class Siblings:
         if ms[0].bias is not None:
             self.bias = torch.cat([m.bias for m in ms])
         scales = torch.cat([m.weight_scale.view(torch.uint8) for m in ms]).view(ms[0].weight_scale.dtype)
-        return tc_pack(torch.cat([m.weight_packed for m in ms]), scales, ms[0].spec)
+        tw = tc_pack(torch.cat([m.weight_packed for m in ms]), scales, ms[0].spec)
+        if tw is not None and self.per_row:  # 1 / g_w of each member's rows, float32 as a scalar launch rounds it
+            tw.row_alpha = torch.cat([torch.full((m.out_features,), 1.0 / m.global_divisors()[0], dtype=torch.float32)
+                                      for m in ms]).to(tw.words.device)
+        return tw
 
     def __setstate__(self, state):  # a copy (deepcopy of the model) is a group of its own
         self.__dict__.update(state)
@@ -88,10 +105,12 @@ class Siblings:
 
 
 def _compatible(ms) -> bool:
+    """Same input treatment (format, rotation, activation quantizer and its per-tensor scale); the weights'
+    per-tensor scales may differ (the fused product applies each member's per row)."""
     a = ms[0]
     return all(m.in_features == a.in_features and m.spec == a.spec and m.act_spec == a.act_spec
                and m.act_rule == a.act_rule and (m.bias is None) == (a.bias is None)
-               and m.global_divisors() == a.global_divisors() and _same_rotation(m.rotation, a.rotation)
+               and m.global_divisors()[1] == a.global_divisors()[1] and _same_rotation(m.rotation, a.rotation)
                for m in ms[1:])
 
 

@@ -138,9 +138,9 @@ def _step(acc, w, s, xt, BN: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, NV
 
 
 @triton.jit
-def _tc_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, K, stride_xm, stride_ym,
+def _tc_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, alpha, ra_ptr, M, N, K, stride_xm, stride_ym,
                     split, BN: tl.constexpr, BW: tl.constexpr, MP: tl.constexpr, PF: tl.constexpr,
-                    SPLIT: tl.constexpr, NV: tl.constexpr, LUT: tl.constexpr):
+                    SPLIT: tl.constexpr, NV: tl.constexpr, LUT: tl.constexpr, ROW_ALPHA: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -181,6 +181,8 @@ def _tc_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, K,
     phys = pid_n * BN + (rd % 8) + 8 * ((rd // 16) % 4) + 32 * ((rd // 8) % 2) + 64 * (rd // 64)
     yp = y_ptr + rm[None, :] * stride_ym + phys[:, None]
     ym = mmask[None, :] & (phys < N)[:, None]
+    if ROW_ALPHA:  # a factor per output row (TcWeight.row_alpha)
+        alpha = alpha * tl.load(ra_ptr + phys, mask=phys < N, other=0.0)[:, None]
     if not SPLIT:
         store_rounded(yp, acc * alpha, ym)
     else:
@@ -206,6 +208,8 @@ class TcWeight:
     shift: int  # alpha multiplies by 2^shift
     N: int
     K: int
+    row_alpha: torch.Tensor | None = None  # float32 (N,): alpha's factor per output row (sibling linears with
+    # their own per-tensor scales, kernels/siblings.py): y = alpha row_alpha x W^T
 
     @property
     def shape(self):
@@ -304,7 +308,8 @@ def _pick(M: int, N: int, K: int, sms: int):
 
 def tc_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out_dtype=torch.bfloat16, config=None,
             lut: bool | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """y (M, N) = alpha * x W^T, x (M, K) bf16 (any M; best for M <= 128), W in the `tc_pack` layout.
+    """y (M, N) = alpha * x W^T (times W's row_alpha), x (M, K) bf16 (any M; best for M <= 128), W in the
+    `tc_pack` layout.
 
     `config` = (BN, BW, MP, SPLIT_K, warps, PF): weight rows (64 x warp groups), 8-code words per k step,
     token tile, K splits, steps prefetched ahead (1 or 2)."""
@@ -328,8 +333,9 @@ def tc_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out_dtype=torch.b
         split, grid = 1, (grid[0], 1, grid[2])
     nv = tw.spec.scale_dtype == "e4m3"
     scales = tw.scales.view(torch.int16) if nv else tw.scales
-    _tc_gemv_kernel[grid](x, tw.words, scales, y, ws, cnt, alpha * 2.0 ** tw.shift, M, N, K, x.stride(0),
-                          y.stride(0), split, BN=bn, BW=bw, MP=mp,
+    ra = tw.row_alpha
+    _tc_gemv_kernel[grid](x, tw.words, scales, y, ws, cnt, alpha * 2.0 ** tw.shift, y if ra is None else ra, M, N,
+                          K, x.stride(0), y.stride(0), split, BN=bn, BW=bw, MP=mp,
                           PF=pf, SPLIT=split > 1, NV=nv, LUT=(not INTERPRET) if lut is None else lut,
-                          num_warps=warps, num_stages=1)
+                          ROW_ALPHA=ra is not None, num_warps=warps, num_stages=1)
     return y

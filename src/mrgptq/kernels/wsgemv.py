@@ -106,8 +106,8 @@ def _decode_step(w_bufs, s_bufs, st, v, AL: gl.constexpr, WL: gl.constexpr, NV: 
 
 
 @gluon.jit
-def _flush(acc, n, a_beg, a_end, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, stride_ym, u0, U, P, p, steps,
-           MP: gl.constexpr, MMA: gl.constexpr):
+def _flush(acc, n, a_beg, a_end, y_ptr, ws_ptr, cnt_ptr, alpha, ra_ptr, M, N, stride_ym, u0, U, P, p, steps,
+           MP: gl.constexpr, MMA: gl.constexpr, ROW_ALPHA: gl.constexpr):
     """Tile n's partial sum over units [a_beg, a_end): stored as y when it is the whole tile, else into this
     program's slot (0: its first segment, 1: its last); the tile's last contributor sums the slots in program
     order (a fixed order: deterministic) and resets the tile's counter."""
@@ -116,6 +116,8 @@ def _flush(acc, n, a_beg, a_end, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, stride_ym,
     rn = n * 64 + rd
     yp = y_ptr + rm[None, :] * stride_ym + rn[:, None]
     ym = (rm < M)[None, :] & (rn < N)[:, None]
+    if ROW_ALPHA:  # a factor per output row (TcWeight.row_alpha)
+        alpha = alpha * gl.load(ra_ptr + rn, mask=rn < N, other=0.0)[:, None]
     if (a_beg == n * steps) & (a_end == (n + 1) * steps):
         gl.store(yp, (acc * alpha).to(gl.bfloat16), mask=ym)
     else:
@@ -136,8 +138,9 @@ def _flush(acc, n, a_beg, a_end, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, stride_ym,
 
 
 @gluon.jit
-def _consumer(w_bufs, s_bufs, x_bufs, ready, empty, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, stride_ym, u0, u1, U, P,
-              p, steps, MP: gl.constexpr, WL: gl.constexpr, KB: gl.constexpr, NV: gl.constexpr):
+def _consumer(w_bufs, s_bufs, x_bufs, ready, empty, y_ptr, ws_ptr, cnt_ptr, alpha, ra_ptr, M, N, stride_ym,
+              u0, u1, U, P, p, steps, MP: gl.constexpr, WL: gl.constexpr, KB: gl.constexpr, NV: gl.constexpr,
+              ROW_ALPHA: gl.constexpr):
     """One warpgroup: per unit, decode the stage's bricks and wgmma them with x; flush at each tile's end."""
     S: gl.constexpr = ready.type.shape[0]
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, MP, 16])
@@ -156,13 +159,14 @@ def _consumer(w_bufs, s_bufs, x_bufs, ready, empty, y_ptr, ws_ptr, cnt_ptr, alph
                 a = _decode_step(w_bufs, s_bufs, st * KB + j, v, AL, WL, NV)
                 acc = warpgroup_mma(a, x_bufs.index(st * KB + j).permute((1, 0)), acc)
             mbarrier.arrive(empty.index(st), count=1)
-        _flush(acc, n, a_beg, a_end, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, stride_ym, u0, U, P, p, steps, MP, MMA)
+        _flush(acc, n, a_beg, a_end, y_ptr, ws_ptr, cnt_ptr, alpha, ra_ptr, M, N, stride_ym, u0, U, P, p, steps, MP,
+               MMA, ROW_ALPHA)
 
 
 @gluon.jit
-def _ws_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, K, stride_xm, stride_ym,
+def _ws_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, alpha, ra_ptr, M, N, K, stride_xm, stride_ym,
                     S: gl.constexpr, MP: gl.constexpr, PREGS: gl.constexpr, XSL: gl.constexpr, WL: gl.constexpr,
-                    KB: gl.constexpr, NV: gl.constexpr):
+                    KB: gl.constexpr, NV: gl.constexpr, ROW_ALPHA: gl.constexpr):
     """Program p takes units [p U / P, (p + 1) U / P) of the U = tiles x steps (module docstring)."""
     p = gl.program_id(0)
     P = gl.num_programs(0)
@@ -180,8 +184,8 @@ def _ws_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, K,
         mbarrier.init(ready.index(i), count=32)  # one cp.async arrival per producer thread
         mbarrier.init(empty.index(i), count=1)
     gl.warp_specialize([
-        (_consumer, (w_bufs, s_bufs, x_bufs, ready, empty, y_ptr, ws_ptr, cnt_ptr, alpha, M, N, stride_ym, u0, u1,
-                     U, P, p, steps, MP, WL, KB, NV)),
+        (_consumer, (w_bufs, s_bufs, x_bufs, ready, empty, y_ptr, ws_ptr, cnt_ptr, alpha, ra_ptr, M, N, stride_ym,
+                     u0, u1, U, P, p, steps, MP, WL, KB, NV, ROW_ALPHA)),
         (_producer, (x_ptr, w_ptr, s_ptr, w_bufs, s_bufs, x_bufs, ready, empty, M, stride_xm, u0, u1, steps, MP,
                      KB, SW)),
     ], [1], [PREGS])
@@ -209,7 +213,7 @@ def _pick(M: int, N: int, K: int, sms: int) -> tuple[int, int, int]:
 def ws_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tensor | None = None,
             split: int | None = None, bricks: int | None = None, stages: int | None = None,
             programs: int | None = None, maxnreg: int = 64, mp: int | None = None) -> torch.Tensor:
-    """y (M, N) = alpha * x W^T in bf16, x (M <= 16, K) bf16, W a `TcWeight`.
+    """y (M, N) = alpha * x W^T (times W's row_alpha) in bf16, x (M <= 16, K) bf16, W a `TcWeight`.
 
     Defaults (`_pick`): K split as `tc_gemv` would (P = tiles x split programs, bit-identical results). `programs`
     overrides P (stream-K); `maxnreg` caps registers (64: 4 programs per SM); `mp` is the token tile (8 or 16)."""
@@ -234,8 +238,9 @@ def ws_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tensor
         raise MrgptqError(f"ws_gemv: workspace too small for {P} programs / {tiles} tiles")
     x = x.to(torch.bfloat16).contiguous()
     y = out if out is not None else torch.empty((M, N), dtype=torch.bfloat16, device=x.device)
-    _ws_gemv_kernel[(P,)](x, tw.words, tw.scales.view(torch.int32), y, ws, cnt, alpha * 2.0 ** tw.shift, M, N, K,
-                          x.stride(0), y.stride(0), S=stages, MP=mp, PREGS=32 if bricks == 1 else 40,
-                          XSL=x_layout(mp), WL=WORDS, KB=bricks, NV=tw.spec.scale_dtype == "e4m3",
-                          num_warps=4, maxnreg=maxnreg)
+    ra = tw.row_alpha
+    _ws_gemv_kernel[(P,)](x, tw.words, tw.scales.view(torch.int32), y, ws, cnt, alpha * 2.0 ** tw.shift,
+                          y if ra is None else ra, M, N, K, x.stride(0), y.stride(0), S=stages, MP=mp,
+                          PREGS=32 if bricks == 1 else 40, XSL=x_layout(mp), WL=WORDS, KB=bricks,
+                          NV=tw.spec.scale_dtype == "e4m3", ROW_ALPHA=ra is not None, num_warps=4, maxnreg=maxnreg)
     return y

@@ -162,6 +162,31 @@ def test_w4a16_tensor_core_decode_gemm(fmt, M):
             _close(tc_gemv(x, tw, _alpha(q), config=cfg, out=poisoned((M, N), torch.bfloat16)), ref)
 
 
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+def test_row_alpha_scales_each_row_as_its_own_launch_would(fmt):
+    """TcWeight.row_alpha (siblings with per-tensor scales of their own) multiplies each output row by its
+    factor bit for bit as a launch with that scalar alpha does: tc_gemv and, on Hopper, the warp-specialized
+    kernel."""
+    N, K = TC_SHAPES[-1]
+    q, wp, ws, _ = _weights(fmt, N, K, seed=60)
+    tw = tc_pack(wp, ws, q.spec)
+    x = student_t((5, K), seed=61).to(torch.bfloat16).to(DEV)
+    factors, edges = (0.37, 1.0, 2.5e-3), (0, 40, 64, N)  # three members' 1 / g_w and their rows
+    ra = torch.cat([torch.full((b - a,), f, dtype=torch.float32) for f, a, b in zip(factors, edges, edges[1:])])
+    fns = [tc_gemv]
+    if _ws_ok():
+        from mrgptq.kernels.wsgemv import ws_gemv
+
+        fns.append(ws_gemv)
+    for fn in fns:
+        tw.row_alpha = None
+        plain = [fn(x, tw, f) for f in factors]
+        tw.row_alpha = ra.to(DEV)
+        y = fn(x, tw, 1.0, out=poisoned((5, N), torch.bfloat16))
+        for p, a, b in zip(plain, edges, edges[1:]):
+            assert torch.equal(y[:, a:b], p[:, a:b]), (fn.__name__, a, b)
+
+
 def _ws_ok():
     if not GPU:
         return False
@@ -373,6 +398,24 @@ def test_sibling_group_serves_each_member_once_per_input():
     assert torch.equal(g.output(b, x2, lambda: compute(x2)), torch.tensor([23.0, 24]))
     assert torch.equal(g.output(b, x2, lambda: compute(x2)), torch.tensor([23.0, 24]))
     assert len(calls) == 3
+
+
+def test_fused_nvfp4_siblings_apply_each_members_global_scale():
+    """NVFP4 q/k/v divide their group scales by per-tensor scales of their own: the one fused decode product
+    (here Triton's interpreter on CPU) applies each member's per output row and matches the members' outputs."""
+    from mrgptq.kernels import sibling_product
+    from mrgptq.kernels.siblings import Siblings
+
+    parent, x = _siblings("nvfp4", False, sizes=(128, 64, 64), tokens=(1, 3))
+    ms = [parent.q_proj, parent.k_proj, parent.v_proj]
+    assert len({m.global_divisors()[0] for m in ms}) == 3
+    os.environ["MRGPTQ_KERNELS"] = "0"
+    ref = torch.cat([m(x).float() for m in ms], -1)
+    os.environ["MRGPTQ_KERNELS"] = "1"
+    group = Siblings(ms)
+    y = sibling_product(x, group).float()
+    assert group.per_row and group.weight().row_alpha is not None
+    assert ((y - ref).norm() / ref.norm()).item() < 1e-2
 
 
 @pytest.mark.skipif(not GPU, reason="sibling fusion is part of the CUDA dispatch")

@@ -77,7 +77,7 @@ def packed_weights(fmt, N, K, n, dev):
 
 
 def w4a16_rows(shapes, ms, dev, names=None):
-    """The W4A16 kernels (tensor-core decode GEMM `tc`, its warp-specialized form `ws` (MXFP4, M <= 16, Hopper),
+    """The W4A16 kernels (tensor-core decode GEMM `tc`, its warp-specialized form `ws` (M <= 16, Hopper),
     CUDA-core GEMV, tile GEMM) against cuBLAS bf16, same M."""
     from mrgptq.kernels.gemm import fp4_matmul
     from mrgptq.kernels.gemv import fp4_gemv
@@ -90,7 +90,7 @@ def w4a16_rows(shapes, ms, dev, names=None):
 
     def kernels(x, q, bufs, tcb, alpha):
         ks = {"tc": lambda i: tc_gemv(x, tcb[i], alpha)}
-        if x.shape[0] <= 16 and q.spec.scale_dtype == "e8m0" and ws_ok:
+        if x.shape[0] <= 16 and ws_ok:
             ks["ws"] = lambda i: ws_gemv(x, tcb[i], alpha)
         return {**ks,
                 "gemv": lambda i: fp4_gemv(x, *bufs[i], q.spec, alpha),

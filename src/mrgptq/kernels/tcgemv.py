@@ -208,8 +208,9 @@ class TcWeight:
     shift: int  # alpha multiplies by 2^shift
     N: int
     K: int
-    row_alpha: torch.Tensor | None = None  # float32 (N,): alpha's factor per output row (sibling linears with
-    # their own per-tensor scales, kernels/siblings.py): y = alpha row_alpha x W^T
+    # float32 (N,): a factor per output row, y = alpha row_alpha x W^T (sibling linears whose per-tensor scales
+    # differ, kernels/siblings.py)
+    row_alpha: torch.Tensor | None = None
 
     @property
     def shape(self):

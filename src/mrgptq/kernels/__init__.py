@@ -153,7 +153,7 @@ def supports(module) -> bool:
     rot = module.rotation
     if not module.spec.is_fp4 or (module.act_spec is not None and module.act_spec != module.spec):
         return False
-    if rot is not None and not rot.is_identity:
-        if rot.kind != "hadamard" or rot.signs or rot.size & (rot.size - 1) or not 16 <= rot.size <= 256:
-            return False
+    rotated = rot is not None and not rot.is_identity
+    if rotated and (rot.kind != "hadamard" or rot.signs or rot.size & (rot.size - 1) or not 16 <= rot.size <= 256):
+        return False
     return module.in_features % 64 == 0

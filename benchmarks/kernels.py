@@ -81,16 +81,15 @@ def w4a16_rows(shapes, ms, dev, names=None):
     CUDA-core GEMV, tile GEMM) against cuBLAS bf16, same M."""
     from mrgptq.kernels.gemm import fp4_matmul
     from mrgptq.kernels.gemv import fp4_gemv
+    from mrgptq.kernels import ws_enabled
     from mrgptq.kernels.tcgemv import tc_gemv, tc_pack
-    try:
-        from mrgptq.kernels.wsgemv import gluon_ok, ws_gemv
-        ws_ok = gluon_ok(torch.device(dev))
-    except ImportError:
-        ws_ok = False
+    ws_ok = ws_enabled(torch.device(dev))
 
     def kernels(x, q, bufs, tcb, alpha):
         ks = {"tc": lambda i: tc_gemv(x, tcb[i], alpha)}
         if x.shape[0] <= 16 and ws_ok:
+            from mrgptq.kernels.wsgemv import ws_gemv
+
             ks["ws"] = lambda i: ws_gemv(x, tcb[i], alpha)
         return {**ks,
                 "gemv": lambda i: fp4_gemv(x, *bufs[i], q.spec, alpha),
@@ -269,7 +268,7 @@ def main():
     p.add_argument("--no-70b", action="store_true")
     p.add_argument("--ms", default="1,4,8,16,32", help="W4A16 rows (batch sizes) to time")
     p.add_argument("--w4a16-kernels", default="tc,ws,gemv,gemv plain-decode,gemm",
-                   help="comma-separated W4A16 kernels to time (tc, gemv, gemv plain-decode, gemm)")
+                   help="comma-separated W4A16 kernels to time (tc, ws, gemv, gemv plain-decode, gemm)")
     p.add_argument("--sweep-formats", default="mxfp4,nvfp4")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="time each kernel inside a CUDA graph (GPU time only, no Python launch cost)")

@@ -188,13 +188,9 @@ def test_row_alpha_scales_each_row_as_its_own_launch_would(fmt):
 
 
 def _ws_ok():
-    if not GPU:
-        return False
-    try:
-        from mrgptq.kernels.wsgemv import gluon_ok
-    except ImportError:  # a Triton without Gluon
-        return False
-    return gluon_ok(torch.device("cuda"))
+    from mrgptq.kernels import ws_enabled
+
+    return GPU and ws_enabled(torch.device("cuda"))
 
 
 @pytest.mark.skipif(not _ws_ok(), reason="the warp-specialized decode GEMM needs a Hopper GPU and Triton's Gluon")

@@ -54,7 +54,7 @@ def _operands(x2: torch.Tensor, module):
 
 
 @functools.cache
-def _ws_enabled(device: torch.device) -> bool:
+def ws_enabled(device: torch.device) -> bool:
     """The warp-specialized decode GEMM runs here: Triton ships Gluon, the GPU is a Hopper, not switched off."""
     if os.environ.get("MRGPTQ_WS", "1") == "0" or importlib.util.find_spec("triton.experimental.gluon") is None:
         return False
@@ -75,7 +75,7 @@ def _tc_product(module, tw, x2, out_dtype, alpha=None):
     a, a_scales = _operands(x2, module)
     if a_scales is not None:
         a = dequantize(a, a_scales, module.act_spec, ga, torch.bfloat16)
-    if a.shape[0] <= WS_ROWS and out_dtype == torch.bfloat16 and _ws_enabled(a.device):
+    if a.shape[0] <= WS_ROWS and out_dtype == torch.bfloat16 and ws_enabled(a.device):
         from .wsgemv import ws_gemv
 
         return ws_gemv(a, tw, alpha)

@@ -234,8 +234,8 @@ def quantize_rows(dev, M=4096):
 
 
 def quantize_sweep(dev, M=4096):
-    """(BLOCK_M, BLOCK_K, PER_SM, warps) of the rotate+quantize kernel: which tile and how many programs per SM
-    the heuristic should pick."""
+    """(BLOCK_M, BLOCK_K, PER_SM, warps, stages) of the rotate+quantize kernel: which tile, how many programs per
+    SM and how deep a software pipeline (x tiles in flight) the heuristic should pick."""
     import itertools
 
     from mrgptq.kernels.gemm import _sm_count
@@ -246,8 +246,9 @@ def quantize_sweep(dev, M=4096):
         for fmt, block in (("mxfp4", 32), ("mxfp4", 128), ("nvfp4", 16)):
             spec, gs, rule, nbytes = act_case(fmt, xs[0])
             times = {}
-            for bm, bk, per_sm, warps in itertools.product((16, 32, 64), (128, 256), (2, 4, 8), (4, 8)):
-                cfg = (bm, bk, per_sm, warps)
+            for (bm, bk), per_sm, stages in itertools.product(((16, 256), (32, 128), (32, 256), (64, 128)),
+                                                              (2, 4, 8), (2, 3, 4, 5)):
+                cfg = (bm, bk, per_sm, 4, stages)
                 if cfg not in times and bk >= block:
                     times[cfg] = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs, config=cfg), len(xs))
             best = min(times, key=times.get)

@@ -56,6 +56,26 @@ def test_rotate_quantize_is_bit_exact(fmt, rule, block):
     assert torch.equal(formats.unpack(packed), ref.codes)
 
 
+@pytest.mark.parametrize("fmt,block,bk", [("mxfp4", 32, 128), ("mxfp4", 64, 64), ("nvfp4", 16, 128)])
+def test_persistent_grid_walks_every_unit(fmt, block, bk):
+    """Fewer programs than (row block, K tile) units: each program walks several, its position carried from unit
+    to unit (K tile wrapping into the next row blocks); the codes equal one unit per program, bit for bit."""
+    spec = formats.get_spec(fmt)
+    M, K = (300, 4096) if GPU else (37, 384)
+    x = (student_t((M, K), seed=block + bk) * 0.3).to(torch.bfloat16).to(DEV)
+    gs = formats.nv_global_scale(rotate(x, block).float()).reshape(1) if fmt == "nvfp4" else None
+    sdt = torch.float8_e4m3fn if fmt == "nvfp4" else torch.uint8
+    outs = []
+    for per_sm in (1, 64):  # 1: fewer programs than units (4 on CPU, the SM count on a GPU)
+        out = (poisoned((M, K // 2), torch.uint8), poisoned((M, K // spec.group_size), sdt))
+        outs.append(rotate_quantize(x, spec, block, "spec", gs, out=out, config=(32 if GPU else 16, bk, per_sm, 4)))
+    assert torch.equal(outs[0][1].view(torch.uint8), outs[1][1].view(torch.uint8))
+    assert torch.equal(outs[0][0], outs[1][0])
+    if not GPU:  # the interpreter rotates as fwht does: the codes are formats.quantize's
+        ref = formats.quantize(Rotation(K, "hadamard", block).apply(x).float(), spec, global_scale=gs)
+        assert torch.equal(formats.unpack(outs[0][0]), ref.codes)
+
+
 @pytest.mark.skipif(not GPU, reason="the bf16x2 encode is inline PTX")
 @pytest.mark.parametrize("fmt,rule,block", [("mxfp4", "spec", 32), ("mxfp4", "rounded", 64), ("mxfp4", "ceil", 128),
                                             ("nvfp4", "spec", 16), ("nvfp4", "spec", 64), ("nvfp4", "spec", 128)])
@@ -195,7 +215,7 @@ def _ws_ok():
 
 @pytest.mark.skipif(not _ws_ok(), reason="the warp-specialized decode GEMM needs a Hopper GPU and Triton's Gluon")
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
-@pytest.mark.parametrize("M", [1, 5, 16])
+@pytest.mark.parametrize("M", [1, 5, 16, 27])
 def test_warp_specialized_decode_gemm_is_tc_gemv_bit_for_bit(fmt, M):
     """Same decode, same K splits, same partial-sum order: the producer/consumer kernel equals tc_gemv exactly
     (heuristic K splits and a forced split, one or two bricks a stage); stream-K grids (programs that end inside
@@ -213,7 +233,7 @@ def test_warp_specialized_decode_gemm_is_tc_gemv_bit_for_bit(fmt, M):
             if (K // 128) % (s * kw.get("bricks", 1)):
                 continue
             y = ws_gemv(x, tw, _alpha(q), out=poisoned((M, N), torch.bfloat16), **kw)
-            want = tc_gemv(x, tw, _alpha(q), config=(64, 16, 16, s, 4, 1))
+            want = tc_gemv(x, tw, _alpha(q), config=(64, 16, 16 if M <= 16 else 32, s, 4, 1))
             assert torch.equal(y, want), (N, K, M, kw)
         for programs in (7, 133):
             y = ws_gemv(x, tw, _alpha(q), programs=programs, out=poisoned((M, N), torch.bfloat16))

@@ -166,9 +166,11 @@ def _rotate_quantize_kernel(
         gs = tl.load(gs_ptr)
         rcp_gs = tl.math.div_rn(1.0, gs)
     k_tiles = K // BLOCK_K
-    for u in range(tl.program_id(0), tl.cdiv(M, BLOCK_M) * k_tiles, PROGRAMS):
-        rb = u // k_tiles
-        kt = u - rb * k_tiles
+    rb = tl.program_id(0) // k_tiles
+    kt = tl.program_id(0) - rb * k_tiles
+    rb_step = PROGRAMS // k_tiles  # unit u + PROGRAMS is (rb + rb_step, kt + kt_step), carried: no division a tile
+    kt_step = PROGRAMS - rb_step * k_tiles
+    for _ in range(tl.program_id(0), tl.cdiv(M, BLOCK_M) * k_tiles, PROGRAMS):
         rows = rb * BLOCK_M + tl.arange(0, BLOCK_M)
         rmask = rows < M
         cols = kt * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -205,6 +207,10 @@ def _rotate_quantize_kernel(
             scols = kt * (BLOCK_K // G) + tl.arange(0, BLOCK_K // G)
             tl.store(scale_ptr + rows[:, None] * (K // G) + scols[None, :], stored.to(scale_ptr.dtype.element_ty,
                      bitcast=True), mask=rmask[:, None])
+        kt += kt_step
+        wrap = (kt >= k_tiles).to(tl.int32)  # arithmetic, not a branch: the loop stays software-pipelined
+        kt -= wrap * k_tiles
+        rb += rb_step + wrap
 
 
 @triton.jit
@@ -255,8 +261,10 @@ def _hadamard_pm1(b: int, device, runs: bool = False) -> torch.Tensor:
 
 
 def _pick(M: int, K: int, min_k: int, sms: int, runs_block: int | None = None):
-    """(BLOCK_M, BLOCK_K, PER_SM, warps): 32 x 128 tiles, 8 programs per SM: within 2% of the best of the
-    H200 sweep for both formats at M=4096, K 4096 and 14336 (BENCHMARKS.md). The best, 16 x 256, sums the
+    """(BLOCK_M, BLOCK_K, PER_SM, warps): 32 x 128 tiles, 8 programs per SM: within 2-4% of the best of the
+    H200 sweeps for both formats at M=4096, K 4096 and 14336 (BENCHMARKS.md), with Triton's default pipeline
+    (two x tiles in flight). A deeper one (stages 4) gained NVFP4 2-4%, but as the default it failed the GPU's
+    bit-exact test once (NVFP4 b16) and then passed the same data four times: unexplained, so not the default. The best, 16 x 256, sums the
     rotation's products on the tensor cores in another order: an NVFP4 b128 value then landed a bf16 step
     away from `rotate`'s, against which the GPU test checks codes bit-exact; 32 x 128 agrees there.
     `runs_block`: the rotation block where `_runs` can run; it needs a rotation tile of >= 64 rows (a
@@ -272,9 +280,10 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
     """(packed codes (M, K/2) uint8, scales (M, K/g)) of Q(x R), R the block-`block` Hadamard (None: no R).
 
     Leading dims of x are flattened. NVFP4 needs its static per-tensor `global_scale`.
-    `config` = (BLOCK_M, BLOCK_K, PER_SM, warps) overrides the heuristic (benchmarks sweep it): tile, and
-    programs per SM of the persistent grid. `runs=False` turns off the bf16x2 encode (`_runs`), which is
-    otherwise used where it applies: rotated bf16 input on the GPU (MXFP4: rotation blocks of 32 or more).
+    `config` = (BLOCK_M, BLOCK_K, PER_SM, warps[, stages]) overrides the heuristic (benchmarks sweep it): tile,
+    programs per SM of the persistent grid, and the software pipeline's depth (x tiles in flight + 1).
+    `runs=False` turns off the bf16x2 encode (`_runs`), which is otherwise used where it applies: rotated bf16
+    input on the GPU (MXFP4: rotation blocks of 32 or more).
     """
     from ..formats.scales import FOUR_THIRDS_GLOBAL
     from .gemm import _sm_count
@@ -301,7 +310,7 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
     runs_ok = runs is not False and not INTERPRET and gdiv == 1.0 and x2.dtype == torch.bfloat16 \
         and block is not None and block <= 128 and (nv or block % 32 == 0)
     sms = _sm_count(x.device)
-    bm, bk, per_sm, warps = config or _pick(M, K, min_k, sms, b if runs_ok else None)
+    bm, bk, per_sm, warps, *stages = config or _pick(M, K, min_k, sms, b if runs_ok else None)
     if bk % min_k or K % bk:
         raise MrgptqError(f"rotate_quantize: K tile {bk} must divide K={K} and be a multiple of {min_k}")
     if nv and global_scale is None:
@@ -321,6 +330,6 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
         x2, h, packed, scales, gs, M, K, x2.stride(0), programs,
         B=b, G=g, BLOCK_M=bm, BLOCK_K=bk, ROTATE=block is not None, NV=nv,
         RULE=RULE_IDS.get(rule, 0), GDIV=gdiv, INV_SQRT_B=float(b) ** -0.5, F32_DOT=INTERPRET, num_warps=warps,
-        RUNS=runs,
+        RUNS=runs, **({"num_stages": stages[0]} if stages else {}),
     )
     return packed.reshape(*x.shape[:-1], K // 2), scales.reshape(*x.shape[:-1], K // g)

@@ -212,24 +212,26 @@ def _pick(M: int, N: int, K: int, sms: int) -> tuple[int, int, int]:
 
 def ws_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tensor | None = None,
             split: int | None = None, bricks: int | None = None, stages: int | None = None,
-            programs: int | None = None, maxnreg: int = 64, mp: int | None = None) -> torch.Tensor:
-    """y (M, N) = alpha * x W^T (times W's row_alpha) in bf16, x (M <= 16, K) bf16, W a `TcWeight`.
+            programs: int | None = None, maxnreg: int | None = None, mp: int | None = None) -> torch.Tensor:
+    """y (M, N) = alpha * x W^T (times W's row_alpha) in bf16, x (M <= 32, K) bf16, W a `TcWeight`.
 
     Defaults (`_pick`): K split as `tc_gemv` would (P = tiles x split programs, bit-identical results). `programs`
-    overrides P (stream-K); `maxnreg` caps registers (64: 4 programs per SM); `mp` is the token tile (8 or 16)."""
+    overrides P (stream-K); `maxnreg` caps registers (64: 4 programs per SM; 80 for the 32-token tile, whose
+    accumulator and x copies spill under 64); `mp` is the token tile (8, 16 or 32)."""
     from .gemm import _sm_count
 
     M, K = x.shape
     N, Kw = tw.shape
-    if Kw != K or M > 16 or K % CHUNK:
-        raise MrgptqError(f"ws_gemv: needs a weight with x's K (x {K}, W {Kw}) and M <= 16 rows (got {M})")
+    if Kw != K or M > 32 or K % CHUNK:
+        raise MrgptqError(f"ws_gemv: needs a weight with x's K (x {K}, W {Kw}) and M <= 32 rows (got {M})")
     tiles, k128 = triton.cdiv(N, 64), K // CHUNK
     split0, kb0, st0 = _pick(M, N, K, _sm_count(x.device))
     split, bricks = split or split0, bricks or (kb0 if split is None else 1)
     stages = stages or (st0 if bricks == kb0 else 4)
     if k128 % bricks:
         raise MrgptqError(f"ws_gemv: K={K} is not a multiple of {bricks} x 128")
-    mp = mp or (8 if M <= 8 else 16)
+    mp = mp or (8 if M <= 8 else 16 if M <= 16 else 32)
+    maxnreg = maxnreg or (64 if mp <= 16 else 80)
     if M > mp:
         raise MrgptqError(f"ws_gemv: M={M} rows do not fit a token tile of {mp}")
     P = min(programs or tiles * split, tiles * (k128 // bricks))  # more programs than units would idle
@@ -241,6 +243,6 @@ def ws_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tensor
     ra = tw.row_alpha
     _ws_gemv_kernel[(P,)](x, tw.words, tw.scales.view(torch.int32), y, ws, cnt, alpha * 2.0 ** tw.shift,
                           y if ra is None else ra, M, N, K, x.stride(0), y.stride(0), S=stages, MP=mp,
-                          PREGS=32 if bricks == 1 else 40, XSL=x_layout(mp), WL=WORDS, KB=bricks,
+                          PREGS=(48 if bricks == 1 else 64) if mp > 16 else 32 if bricks == 1 else 40, XSL=x_layout(mp), WL=WORDS, KB=bricks,
                           NV=tw.spec.scale_dtype == "e4m3", ROW_ALPHA=ra is not None, num_warps=4, maxnreg=maxnreg)
     return y

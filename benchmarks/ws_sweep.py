@@ -121,10 +121,12 @@ for fmt, M in [(f, int(m)) for f in args.fmt.split(",") for m in args.m.split(",
             pairs["triton read config"] = str(cfg)
         best = sorted(res, key=res.get)[:4]
         dflt = kb.bench(lambda i: ws_gemv(x, tcb[i], alpha), n_w) * 1e6  # ws_gemv's own defaults
-        print(f"{fmt} {name:12s} M={M} bf16 {t_bf16:.1f}us tc {t_tc:.1f}us x{t_bf16 / t_tc:.2f} | ws default {dflt:.1f}us | "
-              + "; ".join(f"{c} {res[c]:.1f}us x{t_bf16 / res[c]:.2f}" for c in best), flush=True)
+        print(f"{fmt} {name:12s} M={M} bf16 {t_bf16:.1f}us tc {t_tc:.1f}us x{t_bf16 / t_tc:.2f} | "
+              f"ws default {dflt:.1f}us | " + "; ".join(f"{c} {res[c]:.1f}us x{t_bf16 / res[c]:.2f}" for c in best),
+              flush=True)
         rows.append(dict(fmt=fmt, shape=name, M=M, N=N, K=K, bf16_us=t_bf16, tc_us=t_tc,
-                         ws={str(k): v for k, v in res.items()}, ws_default_us=dflt, pairs=pairs, wrong=[str(b) for b in bad]))
+                         ws={str(k): v for k, v in res.items()}, ws_default_us=dflt, pairs=pairs,
+                         wrong=[str(b) for b in bad]))
 Path(args.json).parent.mkdir(parents=True, exist_ok=True)
 Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "config": "(stages, bricks, maxnreg, "
                                        "programs per SM[, K split])", "rows": rows}, indent=1))

@@ -264,9 +264,10 @@ def _pick(M: int, K: int, min_k: int, sms: int, runs_block: int | None = None):
     """(BLOCK_M, BLOCK_K, PER_SM, warps): 32 x 128 tiles, 8 programs per SM: within 2-4% of the best of the
     H200 sweeps for both formats at M=4096, K 4096 and 14336 (BENCHMARKS.md), with Triton's default pipeline
     (two x tiles in flight). A deeper one (stages 4) gained NVFP4 2-4%, but as the default it failed the GPU's
-    bit-exact test once (NVFP4 b16) and then passed the same data four times: unexplained, so not the default. The best, 16 x 256, sums the
-    rotation's products on the tensor cores in another order: an NVFP4 b128 value then landed a bf16 step
-    away from `rotate`'s, against which the GPU test checks codes bit-exact; 32 x 128 agrees there.
+    bit-exact test once (NVFP4 b16) and then passed the same data four times: unexplained, so not the default.
+    The best tile, 16 x 256, sums the rotation's products on the tensor cores in another order: an NVFP4 b128
+    value then landed a bf16 step away from `rotate`'s, against which the GPU test checks codes bit-exact;
+    32 x 128 agrees there.
     `runs_block`: the rotation block where `_runs` can run; it needs a rotation tile of >= 64 rows (a
     wgmma), so blocks of 128 get 64-row tiles, 2 programs per SM (shared memory; the best of the sweep)."""
     bk = 128 if K % 128 == 0 and min_k <= 128 else min_k

@@ -52,7 +52,8 @@ def _copy_weights(w_ptr, s_ptr, w_bufs, s_bufs, u, st, w_off, s_off, KB: gl.cons
         b = u * KB + j
         async_copy.async_copy_global_to_shared(w_bufs.index(st * KB + j), w_ptr + b * 1024 + w_off)
         for w in gl.static_range(SW):  # row r's word w (stored (row, word)) lands at [(stage, w), r]
-            async_copy.async_copy_global_to_shared(s_bufs.index((st * KB + j) * SW + w), s_ptr + b * (64 * SW) + w + s_off)
+            async_copy.async_copy_global_to_shared(s_bufs.index((st * KB + j) * SW + w),
+                                                   s_ptr + b * (64 * SW) + w + s_off)
 
 
 @gluon.jit
@@ -241,8 +242,10 @@ def ws_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tensor
     x = x.to(torch.bfloat16).contiguous()
     y = out if out is not None else torch.empty((M, N), dtype=torch.bfloat16, device=x.device)
     ra = tw.row_alpha
+    # the producer's registers, one or two bricks a stage: more for the 32-token tile's x copies (no spills)
+    pregs = (32, 40) if mp <= 16 else (48, 64)
     _ws_gemv_kernel[(P,)](x, tw.words, tw.scales.view(torch.int32), y, ws, cnt, alpha * 2.0 ** tw.shift,
                           y if ra is None else ra, M, N, K, x.stride(0), y.stride(0), S=stages, MP=mp,
-                          PREGS=(48 if bricks == 1 else 64) if mp > 16 else 32 if bricks == 1 else 40, XSL=x_layout(mp), WL=WORDS, KB=bricks,
+                          PREGS=pregs[bricks > 1], XSL=x_layout(mp), WL=WORDS, KB=bricks,
                           NV=tw.spec.scale_dtype == "e4m3", ROW_ALPHA=ra is not None, num_warps=4, maxnreg=maxnreg)
     return y

@@ -234,30 +234,42 @@ def quantize_rows(dev, M=4096):
 
 
 def quantize_sweep(dev, M=4096):
-    """(BLOCK_M, BLOCK_K, PER_SM, warps, stages) of the rotate+quantize kernel: which tile, how many programs per
-    SM and how deep a software pipeline (x tiles in flight) the heuristic should pick."""
+    """(BLOCK_M, BLOCK_K, PER_SM, warps, stages, maxnreg) of the rotate+quantize kernel: which tile, how many
+    programs per SM (capped at the resident count: `kernels/occupancy.py`), how deep a software pipeline and
+    which register cap the heuristic should pick; and the heuristic with the grid not capped (the A/B of the cap).
+    """
     import itertools
 
+    import mrgptq.kernels.occupancy as occ
     from mrgptq.kernels.gemm import _sm_count
     from mrgptq.kernels.quantize import _pick, rotate_quantize
 
     rows = []
     for K, xs, copy_bw in activations(dev, M):
-        for fmt, block in (("mxfp4", 32), ("mxfp4", 128), ("nvfp4", 16)):
+        for fmt, block in (("mxfp4", 32), ("mxfp4", 128), ("nvfp4", 16), ("nvfp4", 64)):
             spec, gs, rule, nbytes = act_case(fmt, xs[0])
+            cands = [((32, 128), p, st, mr) for p, st, mr in itertools.product((4, 5, 6, 8), (3, 4), (None, 64, 72))]
+            cands += [((16, 256), p, 3, None) for p in (4, 6, 8)]
+            if block == 128:
+                cands = [((64, 128), p, st, mr) for p, st, mr in itertools.product((2, 3, 4), (2, 3), (None, 96))]
             times = {}
-            for (bm, bk), per_sm, stages in itertools.product(((16, 256), (32, 128), (32, 256), (64, 128)),
-                                                              (2, 4, 8), (2, 3, 4, 5)):
-                cfg = (bm, bk, per_sm, 4, stages)
-                if cfg not in times and bk >= block:
-                    times[cfg] = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs, config=cfg), len(xs))
+            for (bm, bk), per_sm, stages, maxnreg in cands:
+                cfg = (bm, bk, per_sm, 4, stages, maxnreg)
+                times[cfg] = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs, config=cfg), len(xs))
             best = min(times, key=times.get)
-            heur = _pick(M, K, max(block, spec.group_size, 64), _sm_count(xs[0].device),
-                         block if fmt == "mxfp4" else None)
+            heur = _pick(M, K, max(block, spec.group_size, 64), _sm_count(xs[0].device), block)
             t_h = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs), len(xs))
+            real = occ.resident
+            occ.resident = lambda *a: 99  # the grid as before the cap: PER_SM programs per SM however many fit
+            try:
+                t_u = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs), len(xs))
+            finally:
+                occ.resident = real
             rows.append({"kernel": "quantize sweep", "M": M, "K": K, "format": fmt, "block": block,
                          "best": best, "best_us": times[best] * 1e6, "best_of_copy": nbytes / times[best] / copy_bw,
-                         "heuristic": heur, "heuristic_us": t_h * 1e6,
+                         "heuristic": heur, "heuristic_us": t_h * 1e6, "heuristic_of_copy": nbytes / t_h / copy_bw,
+                         "uncapped_us": t_u * 1e6, "uncapped_of_copy": nbytes / t_u / copy_bw,
+                         "resident_per_sm": {str(dict(k[1])): v for k, v in occ._CACHE.items()},
                          "all": {str(k): v * 1e6 for k, v in times.items()}})
     return rows
 
@@ -290,8 +302,10 @@ def main():
     if "qsweep" in only:
         new = quantize_sweep(dev)
         for r in new:
-            print(f"quantize sweep {r['format']} K={r['K']:<6d} best {r['best']} {r['best_us']:.1f} us "
-                  f"({100 * r['best_of_copy']:.0f}% of copy); heuristic {r['heuristic']} {r['heuristic_us']:.1f} us")
+            print(f"quantize sweep {r['format']} b{r['block']} K={r['K']:<6d} best {r['best']} {r['best_us']:.1f} us "
+                  f"({100 * r['best_of_copy']:.0f}% of copy); heuristic {r['heuristic']} {r['heuristic_us']:.1f} us "
+                  f"({100 * r['heuristic_of_copy']:.0f}%); uncapped {r['uncapped_us']:.1f} us "
+                  f"({100 * r['uncapped_of_copy']:.0f}%)")
         rows += new
     if "w4a16" in only:
         new = w4a16_rows(shapes, tuple(int(m) for m in a.ms.split(",")), dev, a.w4a16_kernels.split(","))

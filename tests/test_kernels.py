@@ -14,6 +14,7 @@ tl = pytest.importorskip("triton.language")
 from conftest import student_t
 
 from mrgptq import formats
+from mrgptq.kernels.fp4 import e4m3_saturate, rcp_rn
 from mrgptq.kernels.gemm import fp4_matmul
 from mrgptq.kernels.gemv import e2m1x8, fp4_gemv
 from mrgptq.kernels.quantize import rotate, rotate_quantize
@@ -40,7 +41,11 @@ CASES = [("mxfp4", "spec", None), ("mxfp4", "spec", 32), ("mxfp4", "rounded", 64
 def test_rotate_quantize_is_bit_exact(fmt, rule, block):
     spec = formats.get_spec(fmt)
     M = 300 if GPU else 37  # not a multiple of the row tile
-    x = (student_t((M, K_ACT), seed=CASES.index((fmt, rule, block))) * 0.3).to(torch.bfloat16).to(DEV)
+    g = torch.Generator().manual_seed(CASES.index((fmt, rule, block)))
+    x = student_t((M, K_ACT), seed=CASES.index((fmt, rule, block))) * 0.3
+    x[M // 2:] *= torch.exp2(torch.randint(-20, 20, (M - M // 2, 1), generator=g)).float()  # scales over 2^40
+    x[::9] = 0.0  # zero groups (NVFP4: zero scales)
+    x = x.to(torch.bfloat16).to(DEV)
     if block is None:
         xr = x.float()
     elif GPU:  # the tensor cores' fp32 sums may differ from fwht's by a bf16 step (test_rotate_matches_fwht):
@@ -77,8 +82,9 @@ def test_persistent_grid_walks_every_unit(fmt, block, bk):
 
 
 @pytest.mark.skipif(not GPU, reason="the bf16x2 encode is inline PTX")
-@pytest.mark.parametrize("fmt,rule,block", [("mxfp4", "spec", 32), ("mxfp4", "rounded", 64), ("mxfp4", "ceil", 128),
-                                            ("nvfp4", "spec", 16), ("nvfp4", "spec", 64), ("nvfp4", "spec", 128)])
+@pytest.mark.parametrize("fmt,rule,block", [("mxfp4", "spec", 16), ("mxfp4", "spec", 32), ("mxfp4", "rounded", 64),
+                                            ("mxfp4", "ceil", 128), ("nvfp4", "spec", 16), ("nvfp4", "spec", 64),
+                                            ("nvfp4", "spec", 128)])
 def test_bf16x2_encode_matches_the_float32_encode(fmt, rule, block):
     """The kernel's encode on bf16 pairs with H's columns permuted (runs=True) against its float32 encode on the
     same tile: values on E2M1 ties and past the clamp, scales over 2^40, all-zero rows (zero NVFP4 scales)."""
@@ -91,7 +97,7 @@ def test_bf16x2_encode_matches_the_float32_encode(fmt, rule, block):
     x[::50] = 0.0
     x = x.to(torch.bfloat16).to(DEV)
     gs = formats.nv_global_scale(rotate(x, block).float()).reshape(1) if fmt == "nvfp4" else None
-    cfg = _pick(513, K_ACT, max(block, 64), _sm_count(x.device), block)  # one tile: the same rotation sums
+    cfg = _pick(513, K_ACT, max(block, 64), _sm_count(x.device), max(block, 32))  # one tile: the same sums
     sdt = torch.float8_e4m3fn if fmt == "nvfp4" else torch.uint8
     outs = []
     for runs in (True, False):
@@ -263,6 +269,40 @@ def _decode_words(w_ptr, o_ptr, n, LUT: tl.constexpr):
     tl.store(o_ptr + i * 8 + 5, v5, mask=i < n)
     tl.store(o_ptr + i * 8 + 6, v6, mask=i < n)
     tl.store(o_ptr + i * 8 + 7, v7, mask=i < n)
+
+
+@triton.jit
+def _scale_helpers(v_ptr, rcp_ptr, byte_ptr, e4m3_ptr, n, BLOCK: tl.constexpr, INTERP: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    v = tl.load(v_ptr + i, mask=i < n, other=1.0)
+    tl.store(rcp_ptr + i, rcp_rn(v, INTERP), mask=i < n)
+    byte, val = e4m3_saturate(v, INTERP)
+    tl.store(byte_ptr + i, byte.to(tl.uint8), mask=i < n)
+    tl.store(e4m3_ptr + i, val, mask=i < n)
+
+
+def test_scale_helpers_are_exact():
+    """NVFP4's per-group helpers: rcp_rn is 1/d correctly rounded (float64 division then float32 rounding is
+    exact for a quotient: 53 >= 2 * 24 + 2 bits) on every float32 of [1, 2) on the GPU, and across binades;
+    e4m3_saturate equals torch's cast after formats.scales' clamp to 448, byte and value, from E4M3's
+    subnormals to past 448."""
+    from mrgptq.kernels.fp4 import INTERPRET
+
+    n_mant = 1 << 23 if GPU else 1 << 12
+    mant = (torch.arange(n_mant, dtype=torch.int64) * ((1 << 23) // n_mant) + 0x3F800000).to(torch.int32)
+    grid = torch.exp2(torch.arange(-100, 101, 7, dtype=torch.float64))  # d and 1/d normal
+    v = torch.cat([mant.view(torch.float32),
+                   (student_t((4096,), seed=1).abs().double() * grid.repeat_interleave(4096 // grid.numel() + 1)[
+                       :4096]).float().clamp_min(2.0 ** -100),
+                   torch.exp2(torch.arange(-12, 10, 0.125))]).to(DEV)  # E4M3 subnormals .. 448 and past it
+    n = v.numel()
+    rcp, val = poisoned((n,), torch.float32), poisoned((n,), torch.float32)
+    byte = poisoned((n,), torch.uint8)
+    _scale_helpers[(triton.cdiv(n, 1024),)](v, rcp, byte, val, n, BLOCK=1024, INTERP=INTERPRET)
+    assert torch.equal(rcp.cpu(), (1.0 / v.cpu().double()).float())
+    ref = v.cpu().clamp_max(448.0).to(torch.float8_e4m3fn)
+    assert torch.equal(byte.cpu(), ref.view(torch.uint8))
+    assert torch.equal(val.cpu(), ref.float())
 
 
 @pytest.mark.parametrize("lut", [True, False] if GPU else [False])

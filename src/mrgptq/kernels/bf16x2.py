@@ -41,30 +41,28 @@ or.b32 {out}, n, t;
 _FOLD = "shl.b32 {b}, {b}, 8;\nor.b32 {a}, {a}, {b};\nshr.b32 {b}, {a}, 12;\nor.b32 {a}, {a}, {b};\n"
 
 
-def encode_ptx(n: int, mx: bool) -> str:
-    """PTX for `tl.inline_asm_elementwise`: $1..$n float32 values (n = 4 or 8, consecutive coordinates), then
-    for MXFP4 $(n+1) = 2^-e as bf16x2; $0 = their n/2 code bytes, little-endian (upper bits undefined)."""
+# ($0, $1) = float32 ($2, $3) rounded to nearest-even bf16: one paired conversion for two scalar ones and their shifts
+ROUND_PAIR = """{
+.reg .b32 p;
+cvt.rn.bf16x2.f32 p, $3, $2;
+shl.b32 $0, p, 16;
+and.b32 $1, p, 0xFFFF0000;
+}"""
+
+
+def encode_ptx(mx: bool) -> str:
+    """PTX for `tl.inline_asm_elementwise`: $1..$8 float32 values (consecutive coordinates), then for MXFP4
+    $9 = 2^-e as bf16x2; $0 = their 4 code bytes, little-endian."""
     pair = _MX_PAIR if mx else _NV_PAIR
-    body = "".join((pair + _ENCODE).format(lo=f"${2 * i + 1}", hi=f"${2 * i + 2}", scale=f"${n + 1}", out=f"q{i}")
-                   for i in range(n // 2))
-    body += _FOLD.format(a="q0", b="q1")
-    if n == 8:
-        body += _FOLD.format(a="q2", b="q3") + "prmt.b32 $0, q0, q2, 0x5410;\n"
-    else:
-        body += "mov.b32 $0, q0;\n"
+    body = "".join((pair + _ENCODE).format(lo=f"${2 * i + 1}", hi=f"${2 * i + 2}", scale="$9", out=f"q{i}")
+                   for i in range(4))
+    body += _FOLD.format(a="q0", b="q1") + _FOLD.format(a="q2", b="q3") + "prmt.b32 $0, q0, q2, 0x5410;\n"
     return ("{\n.reg .b32 p, a, n, t, k2, k1, kh, k128, k130, k132, k135, one, q0, q1, q2, q3;\n" + _CONSTANTS
             + body + "}")
 
 
-def run_length(block: int) -> int:
-    """Consecutive coordinates a thread holds after the column permutation: 8, or 4 for 16-wide blocks."""
-    return 8 if block >= 32 else 4
-
-
-def column_order(block: int) -> list[int]:
-    """H's column permutation: the MMA output column 8j + 2t + c (j < block/8; lane t of 4 holds its columns
-    2t, 2t+1 of every 8) is rotated coordinate 4R (j // (R/2)) + R t + 2 (j % (R/2)) + c, R = run_length:
-    each thread then holds runs of R consecutive coordinates."""
-    r = run_length(block)
-    return [4 * r * (j // (r // 2)) + r * t + 2 * (j % (r // 2)) + c
-            for j in range(block // 8) for t in range(4) for c in range(2)]
+def column_order(width: int) -> list[int]:
+    """H's column permutation for a rotation `width` (>= 32) columns wide: the MMA output column 8j + 2t + c
+    (j < width/8; lane t of 4 holds its columns 2t, 2t+1 of every 8) is rotated coordinate 32 (j // 4) + 8 t +
+    2 (j % 4) + c: each thread then holds runs of 8 consecutive coordinates."""
+    return [32 * (j // 4) + 8 * t + 2 * (j % 4) + c for j in range(width // 8) for t in range(4) for c in range(2)]

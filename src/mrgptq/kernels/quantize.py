@@ -13,22 +13,23 @@ import triton.language as tl
 from ..errors import MrgptqError
 from ..formats import FormatSpec
 from ..transforms.hadamard import sylvester
-from .bf16x2 import column_order, encode_ptx, run_length
+from .bf16x2 import ROUND_PAIR, column_order, encode_ptx
 from .fp4 import (
     INTERPRET,
     RULE_IDS,
     bf16_round_trip,
     div_rn_by,
     e2m1_encode,
-    e4m3_round,
+    e4m3_saturate,
     mx_exponent,
     pow2,
+    rcp_rn,
     store_rounded,
 )
 
-_PTX_MX8 = tl.constexpr(encode_ptx(8, mx=True))
-_PTX_NV8 = tl.constexpr(encode_ptx(8, mx=False))
-_PTX_NV4 = tl.constexpr(encode_ptx(4, mx=False))
+_PTX_MX8 = tl.constexpr(encode_ptx(mx=True))
+_PTX_NV8 = tl.constexpr(encode_ptx(mx=False))
+_PTX_ROUND_PAIR = tl.constexpr(ROUND_PAIR)
 
 
 @triton.jit
@@ -47,7 +48,10 @@ def _block_rotate(x, h, B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.cons
         y = tl.dot(xb.to(tl.float32), h.to(tl.float32), input_precision="ieee")
     else:
         y = tl.dot(xb, h.to(x.dtype))
-    return tl.reshape(y, (BLOCK_M, BLOCK_K)) * INV_SQRT_B
+    y = tl.reshape(y, (BLOCK_M, BLOCK_K))
+    if INV_SQRT_B != 1.0:  # (1: folded into h, a power of two)
+        y = y * INV_SQRT_B
+    return y
 
 
 RCP6 = tl.constexpr(float(torch.tensor(1 / 6, dtype=torch.float32)))  # 1/6 rounded to float32 (div_rn_by)
@@ -58,10 +62,10 @@ def _nv_scales(amax, gs, rcp_gs, INTERP: tl.constexpr):
     """NVFP4 group scales from group maxima (formats.scales): the stored E4M3 byte, the effective scale
     s / global, and the divisor for the codes with its correctly rounded reciprocal (1 where the scale is 0,
     whose codes are then set to 0)."""
-    s8 = e4m3_round(tl.minimum(gs * div_rn_by(amax, 6.0, RCP6, INTERP), 448.0)).to(tl.float8e4nv)  # exact cast
-    eff = div_rn_by(s8.to(tl.float32), gs, rcp_gs, INTERP)
+    stored, s = e4m3_saturate(gs * div_rn_by(amax, 6.0, RCP6, INTERP), INTERP)
+    eff = div_rn_by(s, gs, rcp_gs, INTERP)
     d = tl.where(eff > 0, eff, 1.0)
-    return s8.to(tl.uint8, bitcast=True), eff, d, tl.math.div_rn(1.0, d)
+    return stored.to(tl.uint8), eff, d, rcp_rn(d, INTERP)
 
 
 @triton.jit
@@ -73,58 +77,41 @@ def _abs_max3(y):
 @triton.jit
 def _runs(x, h, gs, rcp_gs, packed_ptr, scale_ptr, rows, rmask, kt, K, B: tl.constexpr, BLOCK_M: tl.constexpr,
           BLOCK_K: tl.constexpr, NV: tl.constexpr, RULE: tl.constexpr, INV_SQRT_B: tl.constexpr):
-    """Quantize one tile with the encode on bf16 pairs (`bf16x2.py`), R = 8 or 4 codes per call.
+    """Quantize one tile with the encode on bf16 pairs (`bf16x2.py`), 8 codes per call.
 
-    H's columns come permuted (`bf16x2.column_order`), so each thread of the rotation's MMA holds runs of R
-    consecutive rotated coordinates: R/2 code bytes, one 32- or 16-bit store. Chunks of 4R coordinates are the
-    4 lanes t of one row; a scale group is G/R of those lanes (MXFP4 4, NVFP4 2 or 4)."""
-    R: tl.constexpr = 8 if B >= 32 else 4
+    H's columns come permuted (`bf16x2.column_order`; B >= 32), so each thread of the rotation's MMA holds runs of
+    8 consecutive rotated coordinates: 4 code bytes, one 32-bit store. Chunks of 32 coordinates are the 4 lanes t
+    of one row; a scale group is G/8 of those lanes (MXFP4 4, NVFP4 2)."""
     G: tl.constexpr = 16 if NV else 32
-    CN: tl.constexpr = BLOCK_K // (4 * R)
+    CN: tl.constexpr = BLOCK_K // 32
     NG: tl.constexpr = BLOCK_K // G
-    TG: tl.constexpr = G // R
+    TG: tl.constexpr = G // 8
     y = _block_rotate(x, h, B, BLOCK_M, BLOCK_K, INV_SQRT_B, False)
-    y = tl.permute(tl.reshape(y, (BLOCK_M, CN, R // 2, 4, 2)), (0, 1, 3, 2, 4))  # (row, chunk, t, j, c)
-    yg = tl.reshape(y, (BLOCK_M, NG, TG, R // 2, 2))  # (row, group, lane in the group, j, c)
+    y = tl.permute(tl.reshape(y, (BLOCK_M, CN, 4, 4, 2)), (0, 1, 3, 2, 4))  # (row, chunk, t, j, c)
+    yg = tl.reshape(y, (BLOCK_M, NG, TG, 4, 2))  # (row, group, lane in the group, j, c)
     if NV:  # v = y / scale in float32 (correctly rounded), rounded to odd bf16 in the PTX
-        yg = bf16_round_trip(yg, False)  # the runtime rotates into bf16
+        lo, hi = tl.inline_asm_elementwise(_PTX_ROUND_PAIR, "=f,=f,f,f", list(tl.split(yg)),
+                                           dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
+        yg = tl.join(lo, hi)  # the runtime rotates into bf16
         stored, eff, d, rcp_d = _nv_scales(_abs_max3(yg), gs, rcp_gs, False)
         v = div_rn_by(yg, d[:, :, None, None, None], rcp_d[:, :, None, None, None], False)
-        v = tl.reshape(v, (BLOCK_M, CN, 4, R // 2, 2))
+        v0, v1, v2, v3, v4, v5, v6, v7 = _eight(tl.reshape(v, (BLOCK_M, CN, 4, 4, 2)))
+        words = tl.inline_asm_elementwise(_PTX_NV8, "=r,r,r,r,r,r,r,r,r", [v0, v1, v2, v3, v4, v5, v6, v7],
+                                          dtype=tl.int32, is_pure=True, pack=1)
+        ok = tl.reshape(tl.broadcast_to((eff > 0)[:, :, None], (BLOCK_M, NG, TG)), (BLOCK_M, CN, 4))
+        words = tl.where(ok, words, 0)  # a zero scale: its codes are 0 (formats.quantize)
     else:  # bf16 rounding is monotone: the max of the rounded values is the rounded max
         amax = bf16_round_trip(_abs_max3(yg), False)
         e = mx_exponent(amax, RULE)
         stored = (e + 127).to(tl.uint8)
         inv = tl.reshape(tl.broadcast_to((((127 - e) << 7) * 0x00010001)[:, :, None], (BLOCK_M, NG, TG)),
                          (BLOCK_M, CN, 4))  # 2^-e as bf16x2
-        v = y
-    if R == 8:
-        v0, v1, v2, v3, v4, v5, v6, v7 = _eight(v)
-        if NV:
-            words = tl.inline_asm_elementwise(_PTX_NV8, "=r,r,r,r,r,r,r,r,r", [v0, v1, v2, v3, v4, v5, v6, v7],
-                                              dtype=tl.int32, is_pure=True, pack=1)
-        else:
-            words = tl.inline_asm_elementwise(_PTX_MX8, "=r,r,r,r,r,r,r,r,r,r",
-                                              [v0, v1, v2, v3, v4, v5, v6, v7, inv], dtype=tl.int32,
-                                              is_pure=True, pack=1)
-    else:
-        ev, od = tl.split(v)
-        v0, v2 = tl.split(ev)
-        v1, v3 = tl.split(od)
-        words = tl.inline_asm_elementwise(_PTX_NV4, "=r,r,r,r,r", [v0, v1, v2, v3], dtype=tl.int32, is_pure=True,
-                                          pack=1)
-    if NV:  # a zero scale: its codes are 0 (formats.quantize)
-        ok = tl.reshape(tl.broadcast_to((eff > 0)[:, :, None], (BLOCK_M, NG, TG)), (BLOCK_M, CN, 4))
-        words = tl.where(ok, words, 0)
-    WN: tl.constexpr = BLOCK_K // R  # words of R / 2 bytes per tile row
-    wcols = kt * WN + tl.arange(0, WN)
-    words = tl.reshape(words, (BLOCK_M, WN))
-    if R == 8:
-        tl.store(packed_ptr.to(tl.pointer_type(tl.int32)) + rows[:, None] * (K // 8) + wcols[None, :], words,
-                 mask=rmask[:, None])
-    else:
-        tl.store(packed_ptr.to(tl.pointer_type(tl.int16)) + rows[:, None] * (K // 4) + wcols[None, :],
-                 words.to(tl.int16), mask=rmask[:, None])
+        v0, v1, v2, v3, v4, v5, v6, v7 = _eight(y)
+        words = tl.inline_asm_elementwise(_PTX_MX8, "=r,r,r,r,r,r,r,r,r,r", [v0, v1, v2, v3, v4, v5, v6, v7, inv],
+                                          dtype=tl.int32, is_pure=True, pack=1)
+    wcols = kt * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8)
+    tl.store(packed_ptr.to(tl.pointer_type(tl.int32)) + rows[:, None] * (K // 8) + wcols[None, :],
+             tl.reshape(words, (BLOCK_M, BLOCK_K // 8)), mask=rmask[:, None])
     scols = kt * NG + tl.arange(0, NG)
     tl.store(scale_ptr + rows[:, None] * (K // G) + scols[None, :], stored.to(scale_ptr.dtype.element_ty,
              bitcast=True), mask=rmask[:, None])
@@ -144,7 +131,7 @@ def _eight(v):
     return v0, v1, v2, v3, v4, v5, v6, v7
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["PROGRAMS"])
 def _rotate_quantize_kernel(
     x_ptr, h_ptr, packed_ptr, scale_ptr, gs_ptr, M, K, stride_xm, PROGRAMS,
     B: tl.constexpr, G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -241,22 +228,31 @@ def rotate(x: torch.Tensor, block: int, block_m: int | None = None) -> torch.Ten
         raise MrgptqError(f"rotate: K={K} must be a multiple of {block_k}")
     y = torch.empty_like(x2)
     grid = (triton.cdiv(x2.shape[0], block_m), K // block_k)
-    _rotate_kernel[grid](x2, _hadamard_pm1(block, x.device), y, x2.shape[0], K, x2.stride(0), B=block,
-                         BLOCK_M=block_m, BLOCK_K=block_k, INV_SQRT_B=float(block) ** -0.5, F32_DOT=INTERPRET)
+    h, _, factor = _hadamard_pm1(block, x.device)
+    _rotate_kernel[grid](x2, h, y, x2.shape[0], K, x2.stride(0), B=block, BLOCK_M=block_m, BLOCK_K=block_k,
+                         INV_SQRT_B=factor, F32_DOT=INTERPRET)
     return y.reshape(x.shape)
 
 
 _H_CACHE: dict = {}
 
 
-def _hadamard_pm1(b: int, device, runs: bool = False) -> torch.Tensor:
-    """The +-1 Sylvester block; `runs`: columns in `bf16x2.column_order` (`_runs`)."""
+def _hadamard_pm1(b: int, device, runs: bool = False):
+    """(h, its width, the factor left to multiply by) for x R = (x h) * factor, R the block-b Hadamard / sqrt(b).
+
+    h is the +-1 Sylvester block, times 1/sqrt(b) where that is a power of two (b = 16, 64, 256: exact in any
+    float, and a multiply per element less); `runs`: columns in `bf16x2.column_order`, and a 16-wide block as
+    diag(H_16, H_16), so that each thread of the rotation's MMA still holds runs of 8 coordinates (`_runs`)."""
     key = (b, str(device), runs)
     if key not in _H_CACHE:
         h = sylvester(b).to(torch.float32)
+        factor = float(b) ** -0.5
+        if b.bit_length() % 2:  # b = 4^j: 1/sqrt(b) = 2^-j
+            h, factor = h * factor, 1.0
         if runs:
-            h = h[:, column_order(b)]
-        _H_CACHE[key] = h.to(device).contiguous()
+            h = torch.block_diag(*[h] * max(1, 32 // b))
+            h = h[:, column_order(h.shape[0])]
+        _H_CACHE[key] = h.to(device).contiguous(), h.shape[0], factor
     return _H_CACHE[key]
 
 
@@ -281,13 +277,15 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
     """(packed codes (M, K/2) uint8, scales (M, K/g)) of Q(x R), R the block-`block` Hadamard (None: no R).
 
     Leading dims of x are flattened. NVFP4 needs its static per-tensor `global_scale`.
-    `config` = (BLOCK_M, BLOCK_K, PER_SM, warps[, stages]) overrides the heuristic (benchmarks sweep it): tile,
-    programs per SM of the persistent grid, and the software pipeline's depth (x tiles in flight + 1).
+    `config` = (BLOCK_M, BLOCK_K, PER_SM, warps[, stages[, maxnreg]]) overrides the heuristic (benchmarks sweep
+    it): tile, programs per SM of the persistent grid (at most as many as are resident: `occupancy.py`), the
+    software pipeline's depth (x tiles in flight + 1) and a register cap (None: the defaults).
     `runs=False` turns off the bf16x2 encode (`_runs`), which is otherwise used where it applies: rotated bf16
-    input on the GPU (MXFP4: rotation blocks of 32 or more).
+    input on the GPU, rotation blocks up to 128.
     """
     from ..formats.scales import FOUR_THIRDS_GLOBAL
     from .gemm import _sm_count
+    from .occupancy import resident
 
     if not spec.is_fp4:
         raise MrgptqError(f"rotate_quantize: {spec.name} is not an FP4 format")
@@ -309,9 +307,10 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
     # power-of-two scales or NVFP4; MXFP4 needs rotation blocks of 32 or more (runs of 8 in a group of 32);
     # 256-wide blocks stay out (H and a 64-row tile overflow shared memory)
     runs_ok = runs is not False and not INTERPRET and gdiv == 1.0 and x2.dtype == torch.bfloat16 \
-        and block is not None and block <= 128 and (nv or block % 32 == 0)
+        and block is not None and block <= 128
     sms = _sm_count(x.device)
-    bm, bk, per_sm, warps, *stages = config or _pick(M, K, min_k, sms, b if runs_ok else None)
+    width = max(b, 32)  # the rotation's width on the pair path (16-wide blocks run in pairs: _hadamard_pm1)
+    bm, bk, per_sm, warps, *opts = config or _pick(M, K, min_k, sms, width if runs_ok else None)
     if bk % min_k or K % bk:
         raise MrgptqError(f"rotate_quantize: K tile {bk} must divide K={K} and be a multiple of {min_k}")
     if nv and global_scale is None:
@@ -322,15 +321,16 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
         scales = torch.empty((M, K // g), dtype=sdt, device=x.device)
     else:
         packed, scales = out
-    runs = runs_ok and bm * bk // b >= 64 and bk % (4 * run_length(b)) == 0 and packed.data_ptr() % 4 == 0
+    runs = runs_ok and bm * bk // width >= 64 and bk % 32 == 0 and packed.data_ptr() % 4 == 0
     # (a rotation tile of >= 64 rows is a wgmma, whose output columns column_order assumes)
-    h = _hadamard_pm1(b, x.device, runs) if block is not None else packed  # dummy pointer when not rotating
+    h, width, factor = _hadamard_pm1(b, x.device, runs) if block is not None else (packed, b, 1.0)  # (dummy)
     gs = global_scale.reshape(1).float().to(x.device) if nv else packed
+    meta = dict(B=width, G=g, BLOCK_M=bm, BLOCK_K=bk, ROTATE=block is not None, NV=nv, RULE=RULE_IDS.get(rule, 0),
+                GDIV=gdiv, INV_SQRT_B=factor, F32_DOT=INTERPRET, RUNS=runs, num_warps=warps,
+                **{k: v for k, v in zip(("num_stages", "maxnreg"), opts) if v})
+    args = (x2, h, packed, scales, gs, M, K, x2.stride(0))
+    if not INTERPRET:  # no more programs per SM than are resident at once (no second, thin wave)
+        per_sm = min(per_sm, resident(_rotate_quantize_kernel, args + (per_sm * sms,), meta, x.device))
     programs = max(1, min(triton.cdiv(M, bm) * (K // bk), per_sm * sms))
-    _rotate_quantize_kernel[(programs,)](
-        x2, h, packed, scales, gs, M, K, x2.stride(0), programs,
-        B=b, G=g, BLOCK_M=bm, BLOCK_K=bk, ROTATE=block is not None, NV=nv,
-        RULE=RULE_IDS.get(rule, 0), GDIV=gdiv, INV_SQRT_B=float(b) ** -0.5, F32_DOT=INTERPRET, num_warps=warps,
-        RUNS=runs, **({"num_stages": stages[0]} if stages else {}),
-    )
+    _rotate_quantize_kernel[(programs,)](*args, programs, **meta)
     return packed.reshape(*x.shape[:-1], K // 2), scales.reshape(*x.shape[:-1], K // g)

@@ -1,7 +1,7 @@
 """How many programs of a compiled kernel one SM holds at once: the size of a persistent grid.
 
 A persistent grid of more programs than fit runs the surplus as a second, thin wave. Rotate + quantize asked
-for 8 programs per SM where its 74-80 registers let 6 (MXFP4) or 5 (NVFP4) be resident: a quarter or more of
+for 8 programs per SM where its 74-96 registers let 6 (MXFP4) or 5 (NVFP4) be resident: a quarter or more of
 the work then ran after the rest, at a fraction of the occupancy (Nsight Compute: "1 full wave and a partial
 wave")."""
 from __future__ import annotations

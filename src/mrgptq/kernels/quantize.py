@@ -264,7 +264,7 @@ def _pick(M: int, K: int, min_k: int, sms: int, runs_block: int | None = None):
     The best tile, 16 x 256, sums the rotation's products on the tensor cores in another order: an NVFP4 b128
     value then landed a bf16 step away from `rotate`'s, against which the GPU test checks codes bit-exact;
     32 x 128 agrees there.
-    `runs_block`: the rotation block where `_runs` can run; it needs a rotation tile of >= 64 rows (a
+    `runs_block`: the rotation's width where `_runs` can run; it needs a rotation tile of >= 64 rows (a
     wgmma), so blocks of 128 get 64-row tiles, 2 programs per SM (shared memory; the best of the sweep)."""
     bk = 128 if K % 128 == 0 and min_k <= 128 else min_k
     if runs_block and 32 * bk // runs_block < 64:
@@ -304,8 +304,7 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
     nv = spec.scale_dtype == "e4m3"
     gdiv = FOUR_THIRDS_GLOBAL if (not nv and rule == "four-thirds") else 1.0
     # the bf16x2 encode (`_runs`) is inline PTX (GPU only), for bf16 input, rotated, with MXFP4's plain
-    # power-of-two scales or NVFP4; MXFP4 needs rotation blocks of 32 or more (runs of 8 in a group of 32);
-    # 256-wide blocks stay out (H and a 64-row tile overflow shared memory)
+    # power-of-two scales or NVFP4; 256-wide blocks stay out (H and a 64-row tile overflow shared memory)
     runs_ok = runs is not False and not INTERPRET and gdiv == 1.0 and x2.dtype == torch.bfloat16 \
         and block is not None and block <= 128
     sms = _sm_count(x.device)

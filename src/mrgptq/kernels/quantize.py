@@ -228,7 +228,7 @@ def rotate(x: torch.Tensor, block: int, block_m: int | None = None) -> torch.Ten
         raise MrgptqError(f"rotate: K={K} must be a multiple of {block_k}")
     y = torch.empty_like(x2)
     grid = (triton.cdiv(x2.shape[0], block_m), K // block_k)
-    h, _, factor = _hadamard_pm1(block, x.device)
+    h, factor = _hadamard_pm1(block, x.device)
     _rotate_kernel[grid](x2, h, y, x2.shape[0], K, x2.stride(0), B=block, BLOCK_M=block_m, BLOCK_K=block_k,
                          INV_SQRT_B=factor, F32_DOT=INTERPRET)
     return y.reshape(x.shape)
@@ -238,7 +238,7 @@ _H_CACHE: dict = {}
 
 
 def _hadamard_pm1(b: int, device, runs: bool = False):
-    """(h, its width, the factor left to multiply by) for x R = (x h) * factor, R the block-b Hadamard / sqrt(b).
+    """(h, the factor left to multiply by) for x R = (x h) * factor, R the block-b Hadamard / sqrt(b).
 
     h is the +-1 Sylvester block, times 1/sqrt(b) where that is a power of two (b = 16, 64, 256: exact in any
     float, and a multiply per element less); `runs`: columns in `bf16x2.column_order`, and a 16-wide block as
@@ -252,7 +252,7 @@ def _hadamard_pm1(b: int, device, runs: bool = False):
         if runs:
             h = torch.block_diag(*[h] * max(1, 32 // b))
             h = h[:, column_order(h.shape[0])]
-        _H_CACHE[key] = h.to(device).contiguous(), h.shape[0], factor
+        _H_CACHE[key] = h.to(device).contiguous(), factor
     return _H_CACHE[key]
 
 
@@ -308,8 +308,8 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
     runs_ok = runs is not False and not INTERPRET and gdiv == 1.0 and x2.dtype == torch.bfloat16 \
         and block is not None and block <= 128
     sms = _sm_count(x.device)
-    width = max(b, 32)  # the rotation's width on the pair path (16-wide blocks run in pairs: _hadamard_pm1)
-    bm, bk, per_sm, warps, *opts = config or _pick(M, K, min_k, sms, width if runs_ok else None)
+    pair_width = max(b, 32)  # the rotation's width on the pair path (16-wide blocks run in pairs: _hadamard_pm1)
+    bm, bk, per_sm, warps, *opts = config or _pick(M, K, min_k, sms, pair_width if runs_ok else None)
     if bk % min_k or K % bk:
         raise MrgptqError(f"rotate_quantize: K tile {bk} must divide K={K} and be a multiple of {min_k}")
     if nv and global_scale is None:
@@ -320,12 +320,13 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
         scales = torch.empty((M, K // g), dtype=sdt, device=x.device)
     else:
         packed, scales = out
-    runs = runs_ok and bm * bk // width >= 64 and bk % 32 == 0 and packed.data_ptr() % 4 == 0
+    runs = runs_ok and bm * bk // pair_width >= 64 and bk % 32 == 0 and packed.data_ptr() % 4 == 0
     # (a rotation tile of >= 64 rows is a wgmma, whose output columns column_order assumes)
-    h, width, factor = _hadamard_pm1(b, x.device, runs) if block is not None else (packed, b, 1.0)  # (dummy)
+    h, factor = _hadamard_pm1(b, x.device, runs) if block is not None else (packed, 1.0)  # (dummy pointer)
     gs = global_scale.reshape(1).float().to(x.device) if nv else packed
-    meta = dict(B=width, G=g, BLOCK_M=bm, BLOCK_K=bk, ROTATE=block is not None, NV=nv, RULE=RULE_IDS.get(rule, 0),
-                GDIV=gdiv, INV_SQRT_B=factor, F32_DOT=INTERPRET, RUNS=runs, num_warps=warps,
+    meta = dict(B=h.shape[0] if block is not None else b, G=g, BLOCK_M=bm, BLOCK_K=bk, ROTATE=block is not None,
+                NV=nv, RULE=RULE_IDS.get(rule, 0), GDIV=gdiv, INV_SQRT_B=factor, F32_DOT=INTERPRET, RUNS=runs,
+                num_warps=warps,
                 **{k: v for k, v in zip(("num_stages", "maxnreg"), opts) if v})
     args = (x2, h, packed, scales, gs, M, K, x2.stride(0))
     if not INTERPRET:  # no more programs per SM than are resident at once (no second, thin wave)

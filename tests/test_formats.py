@@ -86,6 +86,19 @@ def test_nv_scales_follow_spec_formula():
     assert q.scales.dtype == torch.float8_e4m3fn and torch.equal(q.scales.float(), want.float())
 
 
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_nv_scale_divides_by_six_correctly_rounded_on_every_device(device):
+    """A group whose g * amax / 6 lies one float32 step below an E4M3 rounding boundary (3.5 subnormal steps):
+    the correctly rounded quotient gives byte 3, amax times a rounded 1/6 (what CUDA does for a tensor divided by
+    a Python number) gives 4. Found on the H200: the GPU reference disagreed with the CPU and the kernels."""
+    x = torch.zeros(1, 16, device=device)
+    x[0, 0] = 13.0625
+    g = torch.tensor(0.003139951964840293, device=device)
+    assert (g * (torch.tensor(13.0625) * torch.tensor(1 / 6))).item() * 512 == 3.5  # the multiply lands on the tie
+    q = F.quantize(x, "nvfp4", global_scale=g)
+    assert q.scales.view(torch.uint8).item() == 3
+
+
 def test_zero_and_tiny_groups():
     x = torch.zeros(2, 64)
     x[1, 32:] = 1e-40  # subnormal: exponent below -127 is clamped to the E8M0 minimum

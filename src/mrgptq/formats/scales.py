@@ -43,6 +43,13 @@ def mx_exponent(amax: torch.Tensor, rule: str) -> torch.Tensor:
     return e0.clamp(-E8M0_BIAS, E8M0_BIAS)
 
 
+def _div(a: torch.Tensor, c: float) -> torch.Tensor:
+    """a / c correctly rounded on every device. CUDA turns `tensor / Python number` into a multiply by the
+    reciprocal, which rounds differently: NVFP4 scales on the GPU then landed one E4M3 step away from the CPU's
+    (and the kernels') where g * amax / 6 fell next to a rounding boundary."""
+    return a / torch.tensor(c, dtype=a.dtype, device=a.device)
+
+
 def e8m0_to_float(codes: torch.Tensor) -> torch.Tensor:
     return torch.ldexp(torch.ones(codes.shape, device=codes.device), codes.to(torch.int32) - E8M0_BIAS)
 
@@ -98,14 +105,14 @@ def choose(xg: torch.Tensor, spec: FormatSpec, rule: str = "spec", global_scale=
             best_err, e = None, base
             for d in (1, 0, -1, -2):
                 cand = (base + d).clamp(-E8M0_BIAS, E8M0_BIAS)
-                err = _group_err(xg, e8m0_to_float(cand + E8M0_BIAS) / gdiv, None, spec, mse_norm)
+                err = _group_err(xg, _div(e8m0_to_float(cand + E8M0_BIAS), gdiv), None, spec, mse_norm)
                 if best_err is None:
                     best_err, e = err, cand
                 else:
                     better = err < best_err
                     best_err, e = torch.where(better, err, best_err), torch.where(better, cand, e)
         stored = (e + E8M0_BIAS).to(torch.uint8)
-        return stored, e8m0_to_float(stored) / gdiv, None
+        return stored, _div(e8m0_to_float(stored), gdiv), None
 
     if rule in MX_ONLY_RULES:
         raise FormatError(f"scale rule {rule!r} is for MXFP4 only; use 'spec' or 'mse' for {spec.name}")
@@ -114,7 +121,7 @@ def choose(xg: torch.Tensor, spec: FormatSpec, rule: str = "spec", global_scale=
         g = global_scale.float()
 
         def cast(a):
-            s = e4m3(g * (a / E2M1_MAX))
+            s = e4m3(g * _div(a, E2M1_MAX))
             return s, s.float() / g
 
         stored, eff = cast(amax)
@@ -131,10 +138,10 @@ def choose(xg: torch.Tensor, spec: FormatSpec, rule: str = "spec", global_scale=
     # INT4, float32 scales
     def int_params(f):
         if spec.symmetric:
-            return (amax * f) / 7.0, None
+            return _div(amax * f, 7.0), None
         lo = xg.amin(-1).clamp(max=0) * f
         hi = xg.amax(-1).clamp(min=0) * f
-        s = (hi - lo) / 15.0
+        s = _div(hi - lo, 15.0)
         z = torch.round(-lo / torch.where(s > 0, s, torch.ones_like(s))).clamp(0, 15)
         return s, z.to(torch.uint8)
 

@@ -213,17 +213,18 @@ def act_case(fmt, x):
 
 def quantize_rows(dev, M=4096):
     from mrgptq.kernels.quantize import rotate, rotate_quantize
+    from mrgptq.kernels.wsgemv import gluon_ok
 
     rows = []
     for K, xs, copy_bw in activations(dev, M):
-        for fmt, block in (("mxfp4", 32), ("mxfp4", 128), ("nvfp4", 16), ("nvfp4", 64)):
+        for fmt, block in (("mxfp4", 32), ("mxfp4", 64), ("mxfp4", 128), ("nvfp4", 16), ("nvfp4", 64)):
             spec, gs, rule, nbytes = act_case(fmt, xs[0])
             t = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs), len(xs))
             rows.append({"kernel": "rotate+quantize", "M": M, "K": K, "format": fmt, "block": block, "us": t * 1e6,
                          "GB/s": nbytes / t / 1e9, "copy_GB/s": copy_bw / 1e9, "of_copy": nbytes / t / copy_bw})
-            if fmt == "mxfp4":  # the same kernel with its float32 encode (runs=False): the A/B of the bf16x2 one
-                t0 = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs, runs=False), len(xs))
-                rows.append({"kernel": "rq fp32-encode", "M": M, "K": K, "format": fmt, "block": block,
+            for kernel in ("triton", "gluon")[:1 + gluon_ok(xs[0].device)]:  # each alone (the default picks one)
+                t0 = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs, kernel=kernel), len(xs))
+                rows.append({"kernel": f"rq {kernel}", "M": M, "K": K, "format": fmt, "block": block,
                              "us": t0 * 1e6, "GB/s": nbytes / t0 / 1e9, "copy_GB/s": copy_bw / 1e9,
                              "of_copy": nbytes / t0 / copy_bw})
         t = bench(lambda i: rotate(xs[i], 32), len(xs))
@@ -233,11 +234,11 @@ def quantize_rows(dev, M=4096):
     return rows
 
 
-def quantize_sweep(dev, M=4096):
-    """(BLOCK_M, BLOCK_K, PER_SM, warps, stages, maxnreg) of the rotate+quantize kernel: which tile, how many
-    programs per SM (capped at the resident count: `kernels/occupancy.py`), how deep a software pipeline and
-    which register cap the heuristic should pick; and the heuristic with the grid not capped (the A/B of the cap).
-    """
+def quantize_sweep(dev, M=4096, kernel="gluon"):
+    """(BLOCK_M, BLOCK_K, PER_SM, warps, stages, maxnreg) of a rotate+quantize kernel (`kernel`: "gluon" or
+    "triton"): which tile, how many programs per SM (capped at the resident count: `kernels/occupancy.py`), how
+    deep a software pipeline (Triton only) and which register cap the heuristic should pick; and the heuristic
+    with the grid not capped (the A/B of the cap)."""
     import itertools
 
     import mrgptq.kernels.occupancy as occ
@@ -248,24 +249,37 @@ def quantize_sweep(dev, M=4096):
     for K, xs, copy_bw in activations(dev, M):
         for fmt, block in (("mxfp4", 32), ("mxfp4", 128), ("nvfp4", 16), ("nvfp4", 64)):
             spec, gs, rule, nbytes = act_case(fmt, xs[0])
-            cands = [((32, 128), p, st, mr) for p, st, mr in itertools.product((4, 5, 6, 8), (3, 4), (None, 64, 72))]
-            cands += [((16, 256), p, 3, None) for p in (4, 6, 8)]
-            if block == 128:
-                cands = [((64, 128), p, st, mr) for p, st, mr in itertools.product((2, 3, 4), (2, 3), (None, 96))]
+            if kernel == "gluon":  # tiles of whole 64-row rotation wgmmas; 1 or 2 x tiles loaded ahead
+                if block <= 32:
+                    cands = list(itertools.product([(16, 128), (32, 128)], (5, 8, 12, 16), (1, 2), (None,)))
+                elif block == 64:
+                    cands = list(itertools.product([(32, 128), (64, 128)], (4, 6, 8), (1, 2), (None,)))
+                else:
+                    cands = list(itertools.product([(64, 128)], (2, 4, 8), (1,), (None,)))
+            else:
+                cands = [((32, 128), p, st, mr)
+                         for p, st, mr in itertools.product((4, 5, 6, 8), (3, 4), (None, 64, 72))]
+                cands += [((16, 256), p, 3, None) for p in (4, 6, 8)]
+                if block == 128:
+                    cands = [((64, 128), p, st, mr) for p, st, mr in itertools.product((2, 3, 4), (2, 3), (None, 96))]
             times = {}
             for (bm, bk), per_sm, stages, maxnreg in cands:
                 cfg = (bm, bk, per_sm, 4, stages, maxnreg)
-                times[cfg] = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs, config=cfg), len(xs))
+                try:
+                    times[cfg] = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs, config=cfg,
+                                                                 kernel=kernel), len(xs))
+                except Exception as e:  # noqa: BLE001 (a config ptxas refuses: a register cap below the wgmma's)
+                    print(f"quantize sweep {fmt} b{block} {cfg}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
             best = min(times, key=times.get)
             heur = _pick(M, K, max(block, spec.group_size, 64), _sm_count(xs[0].device), block)
-            t_h = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs), len(xs))
+            t_h = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs, kernel=kernel), len(xs))
             real = occ.resident
             occ.resident = lambda *a: 99  # the grid as before the cap: PER_SM programs per SM however many fit
             try:
-                t_u = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs), len(xs))
+                t_u = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs, kernel=kernel), len(xs))
             finally:
                 occ.resident = real
-            rows.append({"kernel": "quantize sweep", "M": M, "K": K, "format": fmt, "block": block,
+            rows.append({"kernel": f"quantize sweep ({kernel})", "M": M, "K": K, "format": fmt, "block": block,
                          "best": best, "best_us": times[best] * 1e6, "best_of_copy": nbytes / times[best] / copy_bw,
                          "heuristic": heur, "heuristic_us": t_h * 1e6, "heuristic_of_copy": nbytes / t_h / copy_bw,
                          "uncapped_us": t_u * 1e6, "uncapped_of_copy": nbytes / t_u / copy_bw,
@@ -283,6 +297,8 @@ def main():
     p.add_argument("--w4a16-kernels", default="tc,ws,gemv,gemv plain-decode,gemm",
                    help="comma-separated W4A16 kernels to time (tc, ws, gemv, gemv plain-decode, gemm)")
     p.add_argument("--sweep-formats", default="mxfp4,nvfp4")
+    p.add_argument("--qsweep-kernel", choices=("gluon", "triton"), default="gluon",
+                   help="which rotate+quantize kernel --only qsweep sweeps")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="time each kernel inside a CUDA graph (GPU time only, no Python launch cost)")
     a = p.parse_args()
@@ -300,7 +316,7 @@ def main():
             print(f"{r['kernel']:16s} {r['format']} b{r['block']:<4d} M={r['M']} K={r['K']:<6d} {r['us']:8.1f} us "
                   f"{r['GB/s']:7.0f} GB/s  {100 * r['of_copy']:.0f}% of copy")
     if "qsweep" in only:
-        new = quantize_sweep(dev)
+        new = quantize_sweep(dev, kernel=a.qsweep_kernel)
         for r in new:
             print(f"quantize sweep {r['format']} b{r['block']} K={r['K']:<6d} best {r['best']} {r['best_us']:.1f} us "
                   f"({100 * r['best_of_copy']:.0f}% of copy); heuristic {r['heuristic']} {r['heuristic_us']:.1f} us "

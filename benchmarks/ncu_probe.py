@@ -1,10 +1,11 @@
 """A few launches of the decode GEMM (`tc`: gate_up, down, o at M=1, MXFP4) or the rotate+quantize kernel
-(`rq`: MXFP4 b32 and NVFP4 b16, M=K=4096) for Nsight Compute to read the counters of:
+(`rq`: MXFP4 b32 and NVFP4 b16, M=K=4096; the Gluon or the Triton kernel) for Nsight Compute to read the counters of:
 
     S="--section SpeedOfLight --section WarpStateStats --section MemoryWorkloadAnalysis --section Occupancy \\
        --section LaunchStats --section SchedulerStats"
     ncu --clock-control none -k regex:_tc_gemv_kernel $S -c 6 python benchmarks/ncu_probe.py tc
-    ncu --clock-control none -k regex:_rotate_quantize $S -c 4 python benchmarks/ncu_probe.py rq
+    ncu --clock-control none -k regex:_rotate_quantize $S -c 4 python benchmarks/ncu_probe.py rq triton
+    ncu --clock-control none -k regex:_rq_kernel $S -c 4 python benchmarks/ncu_probe.py rq gluon
     ncu --clock-control none -k regex:_ws_gemv $S -c 6 python benchmarks/ncu_probe.py ws '{"stages": 4}'
 """
 import os
@@ -39,13 +40,13 @@ elif sys.argv[1:2] == ["ws"]:  # the warp-specialized decode GEMM; kwargs as JSO
     from mrgptq.kernels.wsgemv import ws_gemv
     kw = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
     decode_gemm_launches(lambda x, tw, alpha: ws_gemv(x, tw, alpha, **kw))
-elif sys.argv[1:] == ["rq"]:
+elif sys.argv[1:2] == ["rq"]:  # argv[2]: the kernel (gluon, triton; default: rotate_quantize's choice)
     x = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
     for fmt, block in (("mxfp4", 32), ("nvfp4", 16)):
         spec = formats.get_spec(fmt)
         gs = formats.nv_global_scale(x.float()).reshape(1) if fmt == "nvfp4" else None
         for _ in range(2):
-            rotate_quantize(x, spec, block, global_scale=gs)
+            rotate_quantize(x, spec, block, global_scale=gs, kernel=(sys.argv[2:] or [None])[0])
 else:
     sys.exit("usage: python benchmarks/ncu_probe.py tc|rq|ws [JSON kwargs]")
 torch.cuda.synchronize()

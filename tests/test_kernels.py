@@ -107,6 +107,40 @@ def test_bf16x2_encode_matches_the_float32_encode(fmt, rule, block):
     assert torch.equal(outs[0][0], outs[1][0])
 
 
+@pytest.mark.skipif(not (GPU and torch.cuda.get_device_capability() == (9, 0)), reason="Gluon kernel: Hopper")
+@pytest.mark.parametrize("fmt,rule,block", [("mxfp4", "spec", 16), ("mxfp4", "spec", 32), ("mxfp4", "rounded", 64),
+                                            ("mxfp4", "ceil", 128), ("nvfp4", "spec", 16), ("nvfp4", "spec", 32),
+                                            ("nvfp4", "spec", 64), ("nvfp4", "spec", 128)])
+def test_gluon_rotate_quantize_is_the_triton_kernel_bit_for_bit(fmt, rule, block):
+    """The register-operand kernel (`regquant.py`: x loaded into the wgmma's A fragment, H's rows permuted) against
+    the Triton kernel with the same encode: values spanning 2^40, all-zero rows, a partial last row block, the
+    default grid and one of a single program per SM walking many units."""
+    spec = formats.get_spec(fmt)
+    g = torch.Generator().manual_seed(7 * block)
+    x = student_t((333, K_ACT), seed=block + 1) * torch.exp2(torch.randint(-20, 20, (333, 1), generator=g)).float()
+    x[::40] = 0.0
+    x = x.to(torch.bfloat16).to(DEV)
+    gs = formats.nv_global_scale(rotate(x, block).float()).reshape(1) if fmt == "nvfp4" else None
+    sdt = torch.float8_e4m3fn if fmt == "nvfp4" else torch.uint8
+    ref = rotate_quantize(x, spec, block, rule, gs, kernel="triton")
+    for config in (None, (64 if block == 128 else 32, 128, 1, 4)):
+        out = (poisoned((333, K_ACT // 2), torch.uint8), poisoned((333, K_ACT // spec.group_size), sdt))
+        packed, scales = rotate_quantize(x, spec, block, rule, gs, out=out, config=config, kernel="gluon")
+        assert torch.equal(scales.view(torch.uint8), ref[1].view(torch.uint8))
+        assert torch.equal(packed, ref[0])
+
+
+def test_gluon_kernel_refuses_where_it_cannot_run():
+    """kernel="gluon" where it cannot run (here float32 input; also the CPU, other GPUs) is one clear error."""
+    from mrgptq.errors import MrgptqError
+
+    x = student_t((64, K_ACT), seed=3).to(DEV)
+    with pytest.raises(MrgptqError, match="Gluon kernel needs a Hopper GPU, rotated bf16 input"):
+        rotate_quantize(x, formats.get_spec("mxfp4"), 32, kernel="gluon")
+    with pytest.raises(MrgptqError, match="kernel must be 'gluon', 'triton' or None"):
+        rotate_quantize(x, formats.get_spec("mxfp4"), 32, kernel="cuda")
+
+
 @pytest.mark.parametrize("block", [16, 32, 128])
 def test_rotate_matches_fwht(block):
     x = student_t((33, K_ACT), seed=block).to(torch.bfloat16).to(DEV)

@@ -75,18 +75,19 @@ def _abs_max3(y):
 
 
 @triton.jit
-def _runs(x, h, gs, rcp_gs, packed_ptr, scale_ptr, rows, rmask, kt, K, B: tl.constexpr, BLOCK_M: tl.constexpr,
-          BLOCK_K: tl.constexpr, NV: tl.constexpr, RULE: tl.constexpr, INV_SQRT_B: tl.constexpr):
-    """Quantize one tile with the encode on bf16 pairs (`bf16x2.py`), 8 codes per call.
+def _encode_runs(y, gs, rcp_gs, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, NV: tl.constexpr,
+                 RULE: tl.constexpr):
+    """(code words (BLOCK_M, BLOCK_K / 8) int32, scale bytes (BLOCK_M, BLOCK_K / G) uint8) of a rotated tile y,
+    float32, with the encode on bf16 pairs (`bf16x2.py`), 8 codes per call.
 
-    H's columns come permuted (`bf16x2.column_order`; B >= 32), so each thread of the rotation's MMA holds runs of
-    8 consecutive rotated coordinates: 4 code bytes, one 32-bit store. Chunks of 32 coordinates are the 4 lanes t
-    of one row; a scale group is G/8 of those lanes (MXFP4 4, NVFP4 2)."""
+    y comes in the rotation MMA's output order: H's columns are permuted (`bf16x2.column_order`; B >= 32), so each
+    thread holds runs of 8 consecutive rotated coordinates: 4 code bytes, one 32-bit word. Chunks of 32
+    coordinates are the 4 lanes t of one row; a scale group is G/8 of those lanes (MXFP4 4, NVFP4 2). Shared by
+    the Triton kernel and the Gluon one (`regquant.py`): no aranges, so it takes either's layouts."""
     G: tl.constexpr = 16 if NV else 32
     CN: tl.constexpr = BLOCK_K // 32
     NG: tl.constexpr = BLOCK_K // G
     TG: tl.constexpr = G // 8
-    y = _block_rotate(x, h, B, BLOCK_M, BLOCK_K, INV_SQRT_B, False)
     y = tl.permute(tl.reshape(y, (BLOCK_M, CN, 4, 4, 2)), (0, 1, 3, 2, 4))  # (row, chunk, t, j, c)
     yg = tl.reshape(y, (BLOCK_M, NG, TG, 4, 2))  # (row, group, lane in the group, j, c)
     if NV:  # v = y / scale in float32 (correctly rounded), rounded to odd bf16 in the PTX
@@ -98,21 +99,37 @@ def _runs(x, h, gs, rcp_gs, packed_ptr, scale_ptr, rows, rmask, kt, K, B: tl.con
         v0, v1, v2, v3, v4, v5, v6, v7 = _eight(tl.reshape(v, (BLOCK_M, CN, 4, 4, 2)))
         words = tl.inline_asm_elementwise(_PTX_NV8, "=r,r,r,r,r,r,r,r,r", [v0, v1, v2, v3, v4, v5, v6, v7],
                                           dtype=tl.int32, is_pure=True, pack=1)
-        ok = tl.reshape(tl.broadcast_to((eff > 0)[:, :, None], (BLOCK_M, NG, TG)), (BLOCK_M, CN, 4))
-        words = tl.where(ok, words, 0)  # a zero scale: its codes are 0 (formats.quantize)
+        words = tl.where(_per_word(eff > 0, yg, y), words, 0)  # a zero scale: its codes are 0 (formats.quantize)
     else:  # bf16 rounding is monotone: the max of the rounded values is the rounded max
         amax = bf16_round_trip(_abs_max3(yg), False)
         e = mx_exponent(amax, RULE)
         stored = (e + 127).to(tl.uint8)
-        inv = tl.reshape(tl.broadcast_to((((127 - e) << 7) * 0x00010001)[:, :, None], (BLOCK_M, NG, TG)),
-                         (BLOCK_M, CN, 4))  # 2^-e as bf16x2
+        inv = _per_word(((127 - e) << 7) * 0x00010001, yg, y)  # 2^-e as bf16x2
         v0, v1, v2, v3, v4, v5, v6, v7 = _eight(y)
         words = tl.inline_asm_elementwise(_PTX_MX8, "=r,r,r,r,r,r,r,r,r,r", [v0, v1, v2, v3, v4, v5, v6, v7, inv],
                                           dtype=tl.int32, is_pure=True, pack=1)
+    return tl.reshape(words, (BLOCK_M, BLOCK_K // 8)), stored
+
+
+@triton.jit
+def _per_word(per_group, yg, y):
+    """A group's value (row, group) in the layout of the words `_eight(y)` makes: broadcast the way yg is laid
+    out and taken apart as y is (Gluon converts no layouts implicitly; in Triton this is free as well)."""
+    full = tl.reshape(tl.broadcast_to(per_group[:, :, None, None, None], yg.shape), y.shape)
+    return _eight(full)[0]
+
+
+@triton.jit
+def _runs(x, h, gs, rcp_gs, packed_ptr, scale_ptr, rows, rmask, kt, K, B: tl.constexpr, BLOCK_M: tl.constexpr,
+          BLOCK_K: tl.constexpr, NV: tl.constexpr, RULE: tl.constexpr, INV_SQRT_B: tl.constexpr):
+    """Rotate and quantize one tile with `_encode_runs` (H's columns in `bf16x2.column_order`)."""
+    G: tl.constexpr = 16 if NV else 32
+    y = _block_rotate(x, h, B, BLOCK_M, BLOCK_K, INV_SQRT_B, False)
+    words, stored = _encode_runs(y, gs, rcp_gs, BLOCK_M, BLOCK_K, NV, RULE)
     wcols = kt * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8)
-    tl.store(packed_ptr.to(tl.pointer_type(tl.int32)) + rows[:, None] * (K // 8) + wcols[None, :],
-             tl.reshape(words, (BLOCK_M, BLOCK_K // 8)), mask=rmask[:, None])
-    scols = kt * NG + tl.arange(0, NG)
+    tl.store(packed_ptr.to(tl.pointer_type(tl.int32)) + rows[:, None] * (K // 8) + wcols[None, :], words,
+             mask=rmask[:, None])
+    scols = kt * (BLOCK_K // G) + tl.arange(0, BLOCK_K // G)
     tl.store(scale_ptr + rows[:, None] * (K // G) + scols[None, :], stored.to(scale_ptr.dtype.element_ty,
              bitcast=True), mask=rmask[:, None])
 
@@ -273,22 +290,30 @@ def _pick(M: int, K: int, min_k: int, sms: int, runs_block: int | None = None):
 
 
 def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: str = "spec",
-                    global_scale: torch.Tensor | None = None, out=None, config=None, runs: bool | None = None):
+                    global_scale: torch.Tensor | None = None, out=None, config=None, runs: bool | None = None,
+                    kernel: str | None = None):
     """(packed codes (M, K/2) uint8, scales (M, K/g)) of Q(x R), R the block-`block` Hadamard (None: no R).
 
     Leading dims of x are flattened. NVFP4 needs its static per-tensor `global_scale`.
     `config` = (BLOCK_M, BLOCK_K, PER_SM, warps[, stages[, maxnreg]]) overrides the heuristic (benchmarks sweep
     it): tile, programs per SM of the persistent grid (at most as many as are resident: `occupancy.py`), the
-    software pipeline's depth (x tiles in flight + 1) and a register cap (None: the defaults).
+    software pipeline's depth (x tiles in flight + 1; the Gluon kernel: x tiles loaded ahead, 1 or 2) and a
+    register cap (None: the defaults).
     `runs=False` turns off the bf16x2 encode (`_runs`), which is otherwise used where it applies: rotated bf16
-    input on the GPU, rotation blocks up to 128.
+    input on the GPU, rotation blocks up to 128. There, on Hopper, 64-wide blocks run the Gluon kernel
+    (`regquant.py`: x straight into the rotation's registers); `kernel="triton"` keeps the Triton kernel,
+    `kernel="gluon"` asks for the Gluon one at any block (an error where it cannot run).
     """
     from ..formats.scales import FOUR_THIRDS_GLOBAL
+    from . import regquant
     from .gemm import _sm_count
     from .occupancy import resident
+    from .wsgemv import gluon_ok
 
     if not spec.is_fp4:
         raise MrgptqError(f"rotate_quantize: {spec.name} is not an FP4 format")
+    if kernel not in (None, "gluon", "triton"):
+        raise MrgptqError(f"rotate_quantize: kernel must be 'gluon', 'triton' or None (the default), not {kernel!r}")
     K = x.shape[-1]
     x2 = x.reshape(-1, K)
     if x2.stride(-1) != 1:
@@ -324,6 +349,16 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
     # (a rotation tile of >= 64 rows is a wgmma, whose output columns column_order assumes)
     h, factor = _hadamard_pm1(b, x.device, runs) if block is not None else (packed, 1.0)  # (dummy pointer)
     gs = global_scale.reshape(1).float().to(x.device) if nv else packed
+    # the Gluon kernel by default only where it measured faster: 64-wide rotations (H200: 9-10% less time); at 32
+    # they tie, at 128 its register-held x tile leaves 3 programs per SM (BENCHMARKS.md, session 15)
+    gluon = runs and kernel != "triton" and gluon_ok(x.device) and regquant.fits(bm, bk, pair_width, warps) \
+        and (kernel == "gluon" or pair_width == 64)
+    if kernel == "gluon" and not gluon:
+        raise MrgptqError("rotate_quantize: the Gluon kernel needs a Hopper GPU, rotated bf16 input, blocks up to "
+                          f"128 without the four-thirds rule and a tile of whole 64-row wgmmas (got {bm} x {bk})")
+    if gluon:
+        regquant.launch(x2, h, factor, packed, scales, gs, nv, RULE_IDS.get(rule, 0), bm, bk, per_sm, sms, *opts)
+        return packed.reshape(*x.shape[:-1], K // 2), scales.reshape(*x.shape[:-1], K // g)
     meta = dict(B=h.shape[0] if block is not None else b, G=g, BLOCK_M=bm, BLOCK_K=bk, ROTATE=block is not None,
                 NV=nv, RULE=RULE_IDS.get(rule, 0), GDIV=gdiv, INV_SQRT_B=factor, F32_DOT=INTERPRET, RUNS=runs,
                 num_warps=warps,

@@ -446,6 +446,39 @@ def test_quantlinear_dispatch_matches_pytorch_path(w4a4, fmt, tokens):
     assert ((y - ref).norm() / ref.norm()).item() < 1e-2
 
 
+@pytest.mark.parametrize("w4a4", [False, True])
+def test_inputs_past_int32_offsets_run_in_row_chunks(w4a4, monkeypatch):
+    """The kernels index elements with int32: an input with more elements than that runs in row chunks (the limit
+    lowered here so that 300 rows make 4 chunks, through the decode and prefill paths), as each chunk alone."""
+    from mrgptq import kernels
+    from mrgptq.algorithms import ActQuantizer
+    from mrgptq.runtime import QuantLinear
+
+    K = 256
+    spec = formats.get_spec("mxfp4")
+    rot = Rotation(K, "hadamard", 32)
+    q = formats.quantize(rot.fuse(student_t((64, K), seed=11) * 0.02), spec)
+    x = student_t((3, 100, K), seed=12).to(torch.bfloat16).to(DEV)
+    act = None
+    if w4a4:
+        act = ActQuantizer(spec, rot, rule="rounded")
+        act.observe(x)
+        act.finalize()
+    m = QuantLinear.from_quantized(q, None, rot, act, dtype=torch.bfloat16).to(DEV)
+    calls = []
+    real = kernels.fp4_linear
+    monkeypatch.setattr(kernels, "fp4_linear", lambda x, *a, **k: calls.append(x.numel() // K) or real(x, *a, **k))
+    monkeypatch.setattr(kernels, "MAX_ELEMENTS", 80 * K)
+    y = kernels.fp4_linear(x, m)
+    assert calls == [300, 80, 80, 80, 60] and y.shape == (3, 100, 64)
+    monkeypatch.setattr(kernels, "MAX_ELEMENTS", 2**31 - 1)
+    each = torch.cat([real(x.reshape(300, K)[i:i + 80], m, use_group=False) for i in range(0, 300, 80)])
+    assert torch.equal(y.reshape(300, 64), each)
+    monkeypatch.setenv("MRGPTQ_KERNELS", "0")
+    ref = m(x).float()  # the PyTorch path
+    assert ((y.float() - ref).norm() / ref.norm()).item() < 1e-2
+
+
 def _siblings(fmt, w4a4, sizes=(512, 128, 128), tokens=(3, 2)):
     from mrgptq.algorithms import ActQuantizer
     from mrgptq.runtime import QuantLinear

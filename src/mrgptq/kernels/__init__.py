@@ -32,6 +32,7 @@ WS_ROWS = 16  # up to this many bf16 rows on Hopper: its warp-specialized form (
 # it takes up to 32, but at 32 rows it was slower than tc_gemv at 3 of the 4 Llama-3-8B shapes: BENCHMARKS.md)
 GEMV_ROWS = 2  # else up to this many rows (decode): the CUDA-core GEMV (it re-reads the weight per row)
 DENSE_ROWS = 64  # from this many rows (prefill) on: dequantize, then a 16-bit cuBLAS GEMM
+MAX_ELEMENTS = 2**31 - 1  # the kernels address elements with int32 offsets: larger inputs run in row chunks
 
 
 def tc_weight(module):
@@ -110,6 +111,11 @@ def fp4_linear(x: torch.Tensor, module, use_group: bool = True) -> torch.Tensor:
     lead, K = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, K)
     rows = x2.shape[0]
+    width = max(x2.stride(0), K, module.out_features)
+    if rows * width > MAX_ELEMENTS:  # (e.g. a 100k-token prefill of a 28k-wide linear) each chunk below the limit
+        step = MAX_ELEMENTS // width
+        y = torch.cat([fp4_linear(x2[i:i + step], module, use_group=False) for i in range(0, rows, step)])
+        return y.reshape(*lead, y.shape[-1])
     group = getattr(module, "_siblings", None) if use_group else None
     if group is not None and group.one_gemm(rows):  # q/k/v or gate/up: one product
         return group.output(module, x, lambda: sibling_product(x2, group)).reshape(*lead, -1)

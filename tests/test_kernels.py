@@ -130,6 +130,22 @@ def test_gluon_rotate_quantize_is_the_triton_kernel_bit_for_bit(fmt, rule, block
         assert torch.equal(packed, ref[0])
 
 
+@pytest.mark.parametrize("width", [32, 64, 128])
+def test_gluon_fragment_order_undoes_the_kernels_load_permute(width):
+    """The Gluon kernel loads x in 4-coordinate runs and permutes each 16-wide step (t, h, b) -> (h, t, b) into
+    the wgmma fragment's k order; launch() permutes H's rows by `fragment_order`. Those must cancel: x H is
+    unchanged. The same reshape/permute in torch (Gluon's are the same logical operations), on the CPU."""
+    pytest.importorskip("triton.experimental.gluon")
+    from mrgptq.kernels.regquant import fragment_order
+
+    x = student_t((64, width), seed=width)
+    h = student_t((width, width), seed=width + 1)
+    xa = x.reshape(64, width // 16, 4, 2, 2).permute(0, 1, 3, 2, 4).reshape(64, width)
+    assert sorted(fragment_order(width)) == list(range(width))
+    assert torch.equal(xa, x[:, fragment_order(width)])
+    assert torch.allclose(xa @ h[fragment_order(width)], x @ h, rtol=1e-5, atol=1e-4)
+
+
 def test_gluon_kernel_refuses_where_it_cannot_run():
     """kernel="gluon" where it cannot run (here float32 input; also the CPU, other GPUs) is one clear error."""
     from mrgptq.errors import MrgptqError

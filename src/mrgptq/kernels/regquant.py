@@ -27,6 +27,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma
 
+from ..errors import MrgptqError
 from .quantize import _encode_runs
 
 
@@ -142,6 +143,8 @@ def launch(x2: torch.Tensor, h: torch.Tensor, factor: float, packed: torch.Tenso
     program loads x `prefetch` units (1 or 2) ahead of the one it rotates."""
     from .occupancy import resident
 
+    if prefetch not in (None, 1, 2):
+        raise MrgptqError(f"rotate_quantize: the Gluon kernel loads 1 or 2 x tiles ahead, not {prefetch}")
     w = h.shape[0]
     key = (h.data_ptr(), str(h.device))  # (h: one of quantize._hadamard_pm1's cached blocks)
     if key not in _H_ROWS:

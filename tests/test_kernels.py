@@ -465,9 +465,11 @@ def test_quantlinear_dispatch_matches_pytorch_path(w4a4, fmt, tokens):
 @pytest.mark.parametrize("w4a4", [False, True])
 def test_inputs_past_int32_offsets_run_in_row_chunks(w4a4, monkeypatch):
     """The kernels index elements with int32: an input with more elements than that runs in row chunks (the limit
-    lowered here so that 300 rows make 4 chunks, through the decode and prefill paths), as each chunk alone."""
+    lowered here so that 300 rows make 4 chunks), as each chunk alone; `rotate`/`rotate_quantize` called
+    directly refuse it in one line."""
     from mrgptq import kernels
     from mrgptq.algorithms import ActQuantizer
+    from mrgptq.errors import MrgptqError
     from mrgptq.runtime import QuantLinear
 
     K = 256
@@ -493,6 +495,11 @@ def test_inputs_past_int32_offsets_run_in_row_chunks(w4a4, monkeypatch):
     monkeypatch.setenv("MRGPTQ_KERNELS", "0")
     ref = m(x).float()  # the PyTorch path
     assert ((y.float() - ref).norm() / ref.norm()).item() < 1e-2
+    monkeypatch.setattr(kernels, "MAX_ELEMENTS", 80 * K)  # called directly, the kernels refuse instead
+    with pytest.raises(MrgptqError, match="past the kernels' int32 offsets; pass fewer rows"):
+        rotate(x, 32)
+    with pytest.raises(MrgptqError, match="past the kernels' int32 offsets; pass fewer rows"):
+        rotate_quantize(x, spec, 32)
 
 
 def _siblings(fmt, w4a4, sizes=(512, 128, 128), tokens=(3, 2)):

@@ -243,6 +243,7 @@ def rotate(x: torch.Tensor, block: int, block_m: int | None = None) -> torch.Ten
     block_m = block_m or (max(32, 64 * block // block_k) if block <= 128 else 32)
     if K % block_k:
         raise MrgptqError(f"rotate: K={K} must be a multiple of {block_k}")
+    _check_int32(x2, "rotate")
     y = torch.empty_like(x2)
     grid = (triton.cdiv(x2.shape[0], block_m), K // block_k)
     h, factor = _hadamard_pm1(block, x.device)
@@ -252,6 +253,15 @@ def rotate(x: torch.Tensor, block: int, block_m: int | None = None) -> torch.Ten
 
 
 _H_CACHE: dict = {}
+
+
+def _check_int32(x2: torch.Tensor, name: str):
+    """The kernels address x with int32 offsets: refuse what would overflow them (QuantLinear splits rows first)."""
+    from . import MAX_ELEMENTS
+
+    if x2.shape[0] * max(x2.stride(0), x2.shape[1]) > MAX_ELEMENTS:
+        raise MrgptqError(f"{name}: {x2.shape[0]} x {x2.shape[1]} elements are past the kernels' int32 offsets; "
+                          "pass fewer rows at a time")
 
 
 def _hadamard_pm1(b: int, device, runs: bool = False):
@@ -319,6 +329,7 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     M = x2.shape[0]
+    _check_int32(x2, "rotate_quantize")
     g = spec.group_size
     b = block or g
     if block is not None and (block & (block - 1) or block < 16 or block > 256):

@@ -234,11 +234,12 @@ def quantize_rows(dev, M=4096):
     return rows
 
 
-def quantize_sweep(dev, M=4096, kernel="gluon"):
+def quantize_sweep(dev, M=4096, kernel="gluon", cases=None, tiles=None):
     """(BLOCK_M, BLOCK_K, PER_SM, warps, stages, maxnreg) of a rotate+quantize kernel (`kernel`: "gluon" or
     "triton"): which tile, how many programs per SM (capped at the resident count: `kernels/occupancy.py`), how
     deep a software pipeline (Triton only) and which register cap the heuristic should pick; and the heuristic
-    with the grid not capped (the A/B of the cap)."""
+    with the grid not capped (the A/B of the cap). `cases`: (format, block) pairs (default: four); `tiles`:
+    (BLOCK_M, BLOCK_K) tiles to sweep at PER_SM 5, 8, 12 and 16, instead of the per-kernel candidates."""
     import itertools
 
     import mrgptq.kernels.occupancy as occ
@@ -247,9 +248,11 @@ def quantize_sweep(dev, M=4096, kernel="gluon"):
 
     rows = []
     for K, xs, copy_bw in activations(dev, M):
-        for fmt, block in (("mxfp4", 32), ("mxfp4", 128), ("nvfp4", 16), ("nvfp4", 64)):
+        for fmt, block in cases or (("mxfp4", 32), ("mxfp4", 128), ("nvfp4", 16), ("nvfp4", 64)):
             spec, gs, rule, nbytes = act_case(fmt, xs[0])
-            if kernel == "gluon":  # tiles of whole 64-row rotation wgmmas; 1 or 2 x tiles loaded ahead
+            if tiles:
+                cands = list(itertools.product(tiles, (5, 8, 12, 16), (None,), (None,)))
+            elif kernel == "gluon":  # tiles of whole 64-row rotation wgmmas; 1 or 2 x tiles loaded ahead
                 if block <= 32:
                     cands = list(itertools.product([(16, 128), (32, 128)], (5, 8, 12, 16), (1, 2), (None,)))
                 elif block == 64:
@@ -299,6 +302,8 @@ def main():
     p.add_argument("--sweep-formats", default="mxfp4,nvfp4")
     p.add_argument("--qsweep-kernel", choices=("gluon", "triton"), default="gluon",
                    help="which rotate+quantize kernel --only qsweep sweeps")
+    p.add_argument("--qsweep-cases", default=None, help="format:block pairs for --only qsweep, e.g. mxfp4:32,nvfp4:16")
+    p.add_argument("--qsweep-tiles", default=None, help="BMxBK tiles for --only qsweep, e.g. 32x64,16x128")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="time each kernel inside a CUDA graph (GPU time only, no Python launch cost)")
     a = p.parse_args()
@@ -316,7 +321,9 @@ def main():
             print(f"{r['kernel']:16s} {r['format']} b{r['block']:<4d} M={r['M']} K={r['K']:<6d} {r['us']:8.1f} us "
                   f"{r['GB/s']:7.0f} GB/s  {100 * r['of_copy']:.0f}% of copy")
     if "qsweep" in only:
-        new = quantize_sweep(dev, kernel=a.qsweep_kernel)
+        cases = [(c.split(":")[0], int(c.split(":")[1])) for c in a.qsweep_cases.split(",")] if a.qsweep_cases else None
+        tiles = [tuple(map(int, t.split("x"))) for t in a.qsweep_tiles.split(",")] if a.qsweep_tiles else None
+        new = quantize_sweep(dev, kernel=a.qsweep_kernel, cases=cases, tiles=tiles)
         for r in new:
             print(f"quantize sweep {r['format']} b{r['block']} K={r['K']:<6d} best {r['best']} {r['best_us']:.1f} us "
                   f"({100 * r['best_of_copy']:.0f}% of copy); heuristic {r['heuristic']} {r['heuristic_us']:.1f} us "

@@ -212,9 +212,14 @@ def act_case(fmt, x):
 
 
 def quantize_rows(dev, M=4096):
+    from mrgptq.kernels import has_gluon
     from mrgptq.kernels.quantize import rotate, rotate_quantize
-    from mrgptq.kernels.wsgemv import gluon_ok
 
+    gluon = False
+    if has_gluon():  # the Gluon kernel too where it runs (a Hopper GPU)
+        from mrgptq.kernels.wsgemv import gluon_ok
+
+        gluon = gluon_ok(torch.device(dev))
     rows = []
     for K, xs, copy_bw in activations(dev, M):
         for fmt, block in (("mxfp4", 32), ("mxfp4", 64), ("mxfp4", 128), ("nvfp4", 16), ("nvfp4", 64)):
@@ -222,7 +227,7 @@ def quantize_rows(dev, M=4096):
             t = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs), len(xs))
             rows.append({"kernel": "rotate+quantize", "M": M, "K": K, "format": fmt, "block": block, "us": t * 1e6,
                          "GB/s": nbytes / t / 1e9, "copy_GB/s": copy_bw / 1e9, "of_copy": nbytes / t / copy_bw})
-            for kernel in ("triton", "gluon")[:1 + gluon_ok(xs[0].device)]:  # each alone (the default picks one)
+            for kernel in ("triton", "gluon")[:1 + gluon]:  # each alone (the default picks one)
                 t0 = bench(lambda i: rotate_quantize(xs[i], spec, block, rule, gs, kernel=kernel), len(xs))
                 rows.append({"kernel": f"rq {kernel}", "M": M, "K": K, "format": fmt, "block": block,
                              "us": t0 * 1e6, "GB/s": nbytes / t0 / 1e9, "copy_GB/s": copy_bw / 1e9,

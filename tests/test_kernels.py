@@ -151,10 +151,29 @@ def test_gluon_kernel_refuses_where_it_cannot_run():
     from mrgptq.errors import MrgptqError
 
     x = student_t((64, K_ACT), seed=3).to(DEV)
-    with pytest.raises(MrgptqError, match="Gluon kernel needs a Hopper GPU, rotated bf16 input"):
+    with pytest.raises(MrgptqError, match="Gluon kernel needs a Triton that ships Gluon, a Hopper GPU, rotated bf16"):
         rotate_quantize(x, formats.get_spec("mxfp4"), 32, kernel="gluon")
     with pytest.raises(MrgptqError, match="kernel must be 'gluon', 'triton' or None"):
         rotate_quantize(x, formats.get_spec("mxfp4"), 32, kernel="cuda")
+
+
+def test_rotate_quantize_runs_on_a_triton_without_gluon(monkeypatch):
+    """`triton>=3.2` is allowed and Gluon is newer: without it rotate_quantize runs the Triton kernel (the Gluon
+    modules are never imported) and refuses only an explicit kernel="gluon"."""
+    import sys
+
+    from mrgptq import kernels
+    from mrgptq.errors import MrgptqError
+
+    monkeypatch.setattr(kernels, "has_gluon", lambda: False)
+    monkeypatch.setitem(sys.modules, "mrgptq.kernels.wsgemv", None)  # importing it now fails
+    spec = formats.get_spec("mxfp4")
+    x = student_t((40, K_ACT), seed=4).to(torch.bfloat16).to(DEV)
+    packed, scales = rotate_quantize(x, spec, 64)
+    ref = formats.quantize(rotate(x, 64).float(), spec)
+    assert torch.equal(scales, ref.scales) and torch.equal(formats.unpack(packed), ref.codes)
+    with pytest.raises(MrgptqError, match="needs a Triton that ships Gluon"):
+        rotate_quantize(x, spec, 64, kernel="gluon")
 
 
 @pytest.mark.parametrize("block", [16, 32, 128])

@@ -56,9 +56,15 @@ def _operands(x2: torch.Tensor, module):
 
 
 @functools.cache
+def has_gluon() -> bool:
+    """This Triton ships Gluon (recent releases only; `triton>=3.2` is allowed, so the Gluon kernels are optional)."""
+    return _has_triton() and importlib.util.find_spec("triton.experimental.gluon") is not None
+
+
+@functools.cache
 def ws_enabled(device: torch.device) -> bool:
     """The warp-specialized decode GEMM runs here: Triton ships Gluon, the GPU is a Hopper, not switched off."""
-    if os.environ.get("MRGPTQ_WS", "1") == "0" or importlib.util.find_spec("triton.experimental.gluon") is None:
+    if os.environ.get("MRGPTQ_WS", "1") == "0" or not has_gluon():
         return False
     from .wsgemv import gluon_ok
 

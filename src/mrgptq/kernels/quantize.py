@@ -315,10 +315,9 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
     `kernel="gluon"` asks for the Gluon one at any block (an error where it cannot run).
     """
     from ..formats.scales import FOUR_THIRDS_GLOBAL
-    from . import regquant
+    from . import has_gluon
     from .gemm import _sm_count
     from .occupancy import resident
-    from .wsgemv import gluon_ok
 
     if not spec.is_fp4:
         raise MrgptqError(f"rotate_quantize: {spec.name} is not an FP4 format")
@@ -362,11 +361,17 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
     gs = global_scale.reshape(1).float().to(x.device) if nv else packed
     # the Gluon kernel by default only where it measured faster: 64-wide rotations (H200: 9-10% less time); at 32
     # they tie, at 128 its register-held x tile leaves 3 programs per SM (BENCHMARKS.md, session 15)
-    gluon = runs and kernel != "triton" and gluon_ok(x.device) and regquant.fits(bm, bk, pair_width, warps) \
-        and (kernel == "gluon" or pair_width == 64)
+    gluon = False
+    if runs and kernel != "triton" and has_gluon():  # (older Tritons have no Gluon: the Triton kernel only)
+        from . import regquant
+        from .wsgemv import gluon_ok
+
+        gluon = gluon_ok(x.device) and regquant.fits(bm, bk, pair_width, warps) \
+            and (kernel == "gluon" or pair_width == 64)
     if kernel == "gluon" and not gluon:
-        raise MrgptqError("rotate_quantize: the Gluon kernel needs a Hopper GPU, rotated bf16 input, blocks up to "
-                          f"128 without the four-thirds rule and a tile of whole 64-row wgmmas (got {bm} x {bk})")
+        raise MrgptqError("rotate_quantize: the Gluon kernel needs a Triton that ships Gluon, a Hopper GPU, rotated "
+                          "bf16 input, blocks up to 128 without the four-thirds rule and a tile of whole 64-row wgmmas "
+                          f"(got {bm} x {bk})")
     if gluon:
         regquant.launch(x2, h, factor, packed, scales, gs, nv, RULE_IDS.get(rule, 0), bm, bk, per_sm, sms, *opts)
         return packed.reshape(*x.shape[:-1], K // 2), scales.reshape(*x.shape[:-1], K // g)

@@ -31,3 +31,15 @@ def resident(kernel, args: tuple, meta: dict, device: torch.device) -> int:
         by_threads = props.max_threads_per_multi_processor // (32 * warps)
         _CACHE[key] = max(1, min(by_regs, by_smem, by_threads))
     return _CACHE[key]
+
+
+def persistent_programs(kernel, args: tuple, meta: dict, device: torch.device, units: int, per_sm: int,
+                        sms: int) -> int:
+    """The size of a persistent grid over `units` work units: at most `per_sm` programs per SM and no more than
+    are resident at once (`args` without the trailing program count, which the kernel takes last), nor more
+    programs than units. The CPU interpreter has no residency: there `per_sm` alone."""
+    from .fp4 import INTERPRET
+
+    if not INTERPRET:
+        per_sm = min(per_sm, resident(kernel, args + (per_sm * sms,), meta, device))
+    return max(1, min(units, per_sm * sms))

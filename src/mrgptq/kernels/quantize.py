@@ -148,6 +148,25 @@ def _eight(v):
     return v0, v1, v2, v3, v4, v5, v6, v7
 
 
+@triton.jit
+def _first_unit(k_tiles, PROGRAMS):
+    """This program's first (row block, K tile) of the row-major unit list, and the step to the unit PROGRAMS
+    further on (rb + rb_step, kt + kt_step, before the wrap), so the walk divides once, not every unit."""
+    rb = tl.program_id(0) // k_tiles
+    kt = tl.program_id(0) - rb * k_tiles
+    rb_step = PROGRAMS // k_tiles
+    return rb, kt, rb_step, PROGRAMS - rb_step * k_tiles
+
+
+@triton.jit
+def _advance(rb, kt, rb_step, kt_step, k_tiles):
+    """The unit PROGRAMS further on: the K tile wraps into the next row block as arithmetic, not a branch, so
+    Triton still software-pipelines the loop. Shared by the Triton and the Gluon (`regquant.py`) kernels."""
+    kt = kt + kt_step
+    wrap = (kt >= k_tiles).to(tl.int32)
+    return rb + rb_step + wrap, kt - wrap * k_tiles
+
+
 @triton.jit(do_not_specialize=["PROGRAMS"])
 def _rotate_quantize_kernel(
     x_ptr, h_ptr, packed_ptr, scale_ptr, gs_ptr, M, K, stride_xm, PROGRAMS,
@@ -170,10 +189,7 @@ def _rotate_quantize_kernel(
         gs = tl.load(gs_ptr)
         rcp_gs = tl.math.div_rn(1.0, gs)
     k_tiles = K // BLOCK_K
-    rb = tl.program_id(0) // k_tiles
-    kt = tl.program_id(0) - rb * k_tiles
-    rb_step = PROGRAMS // k_tiles  # unit u + PROGRAMS is (rb + rb_step, kt + kt_step), carried: no division a tile
-    kt_step = PROGRAMS - rb_step * k_tiles
+    rb, kt, rb_step, kt_step = _first_unit(k_tiles, PROGRAMS)
     for _ in range(tl.program_id(0), tl.cdiv(M, BLOCK_M) * k_tiles, PROGRAMS):
         rows = rb * BLOCK_M + tl.arange(0, BLOCK_M)
         rmask = rows < M
@@ -211,10 +227,7 @@ def _rotate_quantize_kernel(
             scols = kt * (BLOCK_K // G) + tl.arange(0, BLOCK_K // G)
             tl.store(scale_ptr + rows[:, None] * (K // G) + scols[None, :], stored.to(scale_ptr.dtype.element_ty,
                      bitcast=True), mask=rmask[:, None])
-        kt += kt_step
-        wrap = (kt >= k_tiles).to(tl.int32)  # arithmetic, not a branch: the loop stays software-pipelined
-        kt -= wrap * k_tiles
-        rb += rb_step + wrap
+        rb, kt = _advance(rb, kt, rb_step, kt_step, k_tiles)
 
 
 @triton.jit
@@ -317,7 +330,7 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
     from ..formats.scales import FOUR_THIRDS_GLOBAL
     from . import has_gluon
     from .gemm import _sm_count
-    from .occupancy import resident
+    from .occupancy import persistent_programs
 
     if not spec.is_fp4:
         raise MrgptqError(f"rotate_quantize: {spec.name} is not an FP4 format")
@@ -380,8 +393,7 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
                 num_warps=warps,
                 **{k: v for k, v in zip(("num_stages", "maxnreg"), opts) if v})
     args = (x2, h, packed, scales, gs, M, K, x2.stride(0))
-    if not INTERPRET:  # no more programs per SM than are resident at once (no second, thin wave)
-        per_sm = min(per_sm, resident(_rotate_quantize_kernel, args + (per_sm * sms,), meta, x.device))
-    programs = max(1, min(triton.cdiv(M, bm) * (K // bk), per_sm * sms))
+    programs = persistent_programs(_rotate_quantize_kernel, args, meta, x.device, triton.cdiv(M, bm) * (K // bk),
+                                   per_sm, sms)
     _rotate_quantize_kernel[(programs,)](*args, programs, **meta)
     return packed.reshape(*x.shape[:-1], K // 2), scales.reshape(*x.shape[:-1], K // g)

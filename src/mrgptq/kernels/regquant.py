@@ -28,7 +28,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma
 
 from ..errors import MrgptqError
-from .quantize import _encode_runs
+from .quantize import _advance, _encode_runs, _first_unit
 
 
 def fragment_order(width: int) -> list[int]:
@@ -85,10 +85,7 @@ def _rq_kernel(x_ptr, h_ptr, words_ptr, scale_ptr, gs_ptr, M, K, stride_xm, PROG
         gs = gl.load(gs_ptr)
         rcp_gs = gl.div_rn(1.0, gs)
     k_tiles = K // BLOCK_K
-    rb = gl.program_id(0) // k_tiles
-    kt = gl.program_id(0) - rb * k_tiles
-    rb_step = PROGRAMS // k_tiles
-    kt_step = PROGRAMS - rb_step * k_tiles
+    rb, kt, rb_step, kt_step = _first_unit(k_tiles, PROGRAMS)
     x = _load_x(x_ptr, xoff, xrow, rb, kt, M, stride_xm, BLOCK_M, BLOCK_K)
     rb_a, kt_a = _advance(rb, kt, rb_step, kt_step, k_tiles)  # the unit loaded last
     x_a = x
@@ -120,14 +117,6 @@ def _rq_kernel(x_ptr, h_ptr, words_ptr, scale_ptr, gs_ptr, M, K, stride_xm, PROG
             x = x_next
 
 
-@gluon.jit
-def _advance(rb, kt, rb_step, kt_step, k_tiles):
-    """The unit PROGRAMS further on: K tile and row block carried, no division (wrap as arithmetic)."""
-    kt = kt + kt_step
-    wrap = (kt >= k_tiles).to(gl.int32)
-    return rb + rb_step + wrap, kt - wrap * k_tiles
-
-
 def fits(block_m: int, block_k: int, width: int, warps: int) -> bool:
     """Whether a tile runs here: its rotation rows fill whole 64-row wgmmas of one warpgroup."""
     rows = block_m * block_k // width
@@ -141,7 +130,7 @@ def launch(x2: torch.Tensor, h: torch.Tensor, factor: float, packed: torch.Tenso
     `quantize._hadamard_pm1(..., runs=True)`'s, whose rows are permuted here into the fragment order. A persistent
     grid of at most `per_sm` programs per SM, and no more than are resident at once (`occupancy.py`); each
     program loads x `prefetch` units (1 or 2) ahead of the one it rotates."""
-    from .occupancy import resident
+    from .occupancy import persistent_programs
 
     if prefetch not in (None, 1, 2):
         raise MrgptqError(f"rotate_quantize: the Gluon kernel loads 1 or 2 x tiles ahead, not {prefetch}")
@@ -154,8 +143,7 @@ def launch(x2: torch.Tensor, h: torch.Tensor, factor: float, packed: torch.Tenso
     meta = dict(W=w, BLOCK_M=block_m, BLOCK_K=block_k, NV=nv, RULE=rule_id, INV_SQRT_B=factor, PREFETCH=prefetch or 1,
                 XL=x_layout(block_m * block_k // w, w), HSL=h_layout(w), num_warps=4,
                 **({"maxnreg": maxnreg} if maxnreg else {}))
-    per_sm = min(per_sm, resident(_rq_kernel, args + (per_sm * sms,), meta, x2.device))
-    programs = max(1, min(-(-M // block_m) * (K // block_k), per_sm * sms))
+    programs = persistent_programs(_rq_kernel, args, meta, x2.device, -(-M // block_m) * (K // block_k), per_sm, sms)
     _rq_kernel[(programs,)](*args, programs, **meta)
 
 

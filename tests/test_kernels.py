@@ -183,7 +183,8 @@ def test_rotate_matches_fwht(block):
     y = rotate(x, block)
     assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
     if GPU:  # tensor-core fp32 sums may round in another order: at most one bf16 step apart
-        assert ((y.float() - ref.float()).abs() <= ref.float().abs() * 2**-7 + 1e-30).all()
+        bad = ((y.float() - ref.float()).abs() > ref.float().abs() * 2**-7 + 1e-30).nonzero()[:5].tolist()
+        assert not bad, [(i, j, y[i, j].item(), ref[i, j].item()) for i, j in bad]
     else:
         assert torch.equal(y, ref)
 

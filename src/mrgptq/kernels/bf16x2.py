@@ -1,11 +1,14 @@
 """E2M1 codes of value pairs in bf16x2 arithmetic, two values per instruction (inline PTX, GPU only).
 
 The quantize kernel is bound by instruction issue, so its encode runs on bf16 pairs. A pair becomes a bf16x2
-word, then formats.codec's rounding is three fma's into [128, 256), where bf16's step is 1 and rounding is to
-nearest even: 128 + rint(2|v|) is the code below 2, 130 + rint(|v|) from 2 to 4 and 132 + rint(|v| / 2) from 4
-up. Each is >= the right one outside its range, so their min (and 135, code 7, for saturation) minus 128 is
-the code. That rule matched `encode_e2m1` on all 65,280 finite bf16 values in a one-off check, and
-tests/test_kernels.py compares the kernels that use it with their float32 encode on the GPU.
+word of magnitudes a = |v| clamped to 6, then formats.codec's rounding is three fma's into [128, 256), where
+bf16's step is 1 and rounding is to nearest even: 128 + rint(2a) is the code below 2, 130 + rint(a) from 2 to 4
+and 132 + rint(a / 2) from 4 up. Each is >= the right one outside its range, so their min minus 128 is the
+magnitude's code (6 gives 135, code 7: the clamp saturates). The sign bit moves to bit 3 of each half. Pair i
+holds coordinates i and i + 4, whose nibbles are 16^i apart in the output word, so packing is three
+multiply-adds. tests/test_bf16x2_ptx.py runs this PTX in an emulator against formats.codec and formats.pack on
+every finite bf16 value (CPU), and tests/test_kernels.py compares the kernels that use it with their float32
+encode on the GPU.
 
 How a pair becomes bf16x2 depends on the format:
 - MXFP4: the pair is rounded to bf16 (the runtime rotates into bf16) and multiplied by 2^-e, which is exact.
@@ -16,29 +19,33 @@ How a pair becomes bf16x2 depends on the format:
 """
 from __future__ import annotations
 
-_CONSTANTS = ("mov.b32 k2, 0x40004000;\nmov.b32 k1, 0x3F803F80;\nmov.b32 kh, 0x3F003F00;\n"
+_CONSTANTS = ("mov.b32 k2, 0x40004000;\nmov.b32 k1, 0x3F803F80;\nmov.b32 kh, 0x3F003F00;\nmov.b32 k6, 0x40C040C0;\n"
               "mov.b32 k128, 0x43004300;\nmov.b32 k130, 0x43024302;\nmov.b32 k132, 0x43044304;\n"
-              "mov.b32 k135, 0x43074307;\nmov.b32 one, 0x00010001;\n")
+              "mov.b32 one, 0x00010001;\n")
 
-_MX_PAIR = "cvt.rn.bf16x2.f32 p, {hi}, {lo};\nmul.rn.bf16x2 p, p, {scale};\n"  # bf16, then times 2^-e (exact)
+# Each pair prologue leaves p (its sign bits are the values') and a = |value| as bf16x2.
+_MX_PAIR = ("cvt.rn.bf16x2.f32 p, {hi}, {lo};\n"  # bf16, then |.| times 2^-e (exact)
+            "abs.bf16x2 a, p;\nmul.rn.bf16x2 a, a, {scale};\n")
 _NV_PAIR = ("prmt.b32 p, {lo}, {hi}, 0x7632;\nprmt.b32 t, {lo}, {hi}, 0x5410;\n"  # truncated halves, dropped halves
-            "min.u16x2 t, t, one;\nor.b32 p, p, t;\n")  # round to odd
+            "min.u16x2 t, t, one;\nor.b32 a, p, t;\nand.b32 a, a, 0x7FFF7FFF;\n")  # round to odd, |.| (one lop3)
 
-_ENCODE = """and.b32 a, p, 0x7FFF7FFF;
+# |value| clamped to 6, then the three roundings and their min: 128 + the magnitude's code in each half; the sign
+# bit (15, 31) goes to bit 3 (19).
+_ENCODE = """min.bf16x2 a, a, k6;
 fma.rn.bf16x2 n, a, k2, k128;
 fma.rn.bf16x2 t, a, k1, k130;
 min.bf16x2 n, n, t;
 fma.rn.bf16x2 t, a, kh, k132;
 min.bf16x2 n, n, t;
-min.bf16x2 n, n, k135;
-sub.u32 n, n, 0x43004300;
 shr.b32 t, p, 12;
 and.b32 t, t, 0x00080008;
 or.b32 {out}, n, t;
 """
 
-# q_i holds the codes of pair i at bits 0-3 and 16-19; two pairs fold into two bytes (low nibble: the first value)
-_FOLD = "shl.b32 {b}, {b}, 8;\nor.b32 {a}, {a}, {b};\nshr.b32 {b}, {a}, 12;\nor.b32 {a}, {a}, {b};\n"
+# Pair i holds coordinates i and i + 4 (nibbles i and i + 4 of the word), so the word is sum_i q_i 16^i, three
+# multiply-adds, less the four pairs' 128s (0x4300 in every half) at once: 0x43004300 * 0x1111 mod 2^32.
+_PACK = ("mad.lo.u32 q0, q1, 16, q0;\nmad.lo.u32 q0, q2, 256, q0;\nmad.lo.u32 q0, q3, 4096, q0;\n"
+         f"sub.u32 $0, q0, {0x43004300 * 0x1111 % 2**32:#x};\n")
 
 
 # ($0, $1) = float32 ($2, $3) rounded to nearest-even bf16: one paired conversion for two scalar ones and their shifts
@@ -52,13 +59,12 @@ and.b32 $1, p, 0xFFFF0000;
 
 def encode_ptx(mx: bool) -> str:
     """PTX for `tl.inline_asm_elementwise`: $1..$8 float32 values (consecutive coordinates), then for MXFP4
-    $9 = 2^-e as bf16x2; $0 = their 4 code bytes, little-endian."""
+    $9 = 2^-e as bf16x2; $0 = their 4 code bytes, little-endian (coordinate c in nibble c)."""
     pair = _MX_PAIR if mx else _NV_PAIR
-    body = "".join((pair + _ENCODE).format(lo=f"${2 * i + 1}", hi=f"${2 * i + 2}", scale="$9", out=f"q{i}")
+    body = "".join((pair + _ENCODE).format(lo=f"${i + 1}", hi=f"${i + 5}", scale="$9", out=f"q{i}")
                    for i in range(4))
-    body += _FOLD.format(a="q0", b="q1") + _FOLD.format(a="q2", b="q3") + "prmt.b32 $0, q0, q2, 0x5410;\n"
-    return ("{\n.reg .b32 p, a, n, t, k2, k1, kh, k128, k130, k132, k135, one, q0, q1, q2, q3;\n" + _CONSTANTS
-            + body + "}")
+    return ("{\n.reg .b32 p, a, n, t, k2, k1, kh, k6, k128, k130, k132, one, q0, q1, q2, q3;\n" + _CONSTANTS
+            + body + _PACK + "}")
 
 
 def column_order(width: int) -> list[int]:

@@ -67,7 +67,7 @@ def div_rn_by(a, b, rcp_b, INTERP: tl.constexpr):
     if INTERP:
         return tl.math.div_rn(a, b)
     q = a * rcp_b
-    return tl.fma(tl.fma(-q, b, a), rcp_b, q)
+    return tl.fma(tl.fma(q, -b, a), rcp_b, q)  # (-b, not -q: -(a rcp_b) would be a second product per element)
 
 
 @triton.jit

@@ -1,0 +1,134 @@
+"""The quantize kernel's inline PTX (`kernels/bf16x2.py`), run instruction by instruction in a small emulator
+against formats.codec and formats.pack on the CPU, so CI checks the shipped encode text itself (the GPU tests
+compare the kernels; this covers every finite bf16 value and the E2M1 ties exactly).
+
+The emulator knows only the instructions that PTX uses; bf16 arithmetic is done exactly in float64 and rounded to
+nearest even (through float32, exact for these operands: products of two bf16 values, sums with 128..132).
+"""
+import re
+
+import torch
+
+from mrgptq.formats import codec, pack
+from mrgptq.kernels.bf16x2 import ROUND_PAIR, encode_ptx
+
+M32 = 0xFFFFFFFF
+
+
+def _bf16_value(h):
+    return (h.to(torch.int32) << 16).view(torch.float32).double()
+
+
+def _bf16_bits(v):
+    return v.float().to(torch.bfloat16).view(torch.int16).long() & 0xFFFF
+
+
+def _pairwise(fn, *xs):
+    lo = _bf16_bits(fn(*[_bf16_value(x & 0xFFFF) for x in xs]))
+    hi = _bf16_bits(fn(*[_bf16_value(x >> 16) for x in xs]))
+    return lo | (hi << 16)
+
+
+def _prmt(a, b, sel):
+    src = [(a >> (8 * i)) & 0xFF for i in range(4)] + [(b >> (8 * i)) & 0xFF for i in range(4)]
+    return sum(src[(sel >> (4 * i)) & 7] << (8 * i) for i in range(4))
+
+
+def _min_pick(a, b):  # min of bf16 values, returning the chosen operand's bits
+    va, vb = _bf16_value(a), _bf16_value(b)
+    return torch.where(va <= vb, a, b)
+
+
+OPS = {
+    "mov.b32": lambda a: a,
+    "cvt.rn.bf16x2.f32": lambda a, b: (_bf16_bits(a.to(torch.int32).view(torch.float32)) << 16)
+    | _bf16_bits(b.to(torch.int32).view(torch.float32)),
+    "mul.rn.bf16x2": lambda a, b: _pairwise(lambda x, y: x * y, a, b),
+    "fma.rn.bf16x2": lambda a, b, c: _pairwise(lambda x, y, z: x * y + z, a, b, c),
+    "abs.bf16x2": lambda a: a & 0x7FFF7FFF,
+    "min.bf16x2": lambda a, b: _min_pick(a & 0xFFFF, b & 0xFFFF) | (_min_pick(a >> 16, b >> 16) << 16),
+    "min.u16x2": lambda a, b: torch.minimum(a & 0xFFFF, b & 0xFFFF) | (torch.minimum(a >> 16, b >> 16) << 16),
+    "shr.b32": lambda a, b: a >> b,
+    "shl.b32": lambda a, b: (a << b) & M32,
+    "and.b32": lambda a, b: a & b,
+    "or.b32": lambda a, b: a | b,
+    "mad.lo.u32": lambda a, b, c: (a * b + c) & M32,
+    "sub.u32": lambda a, b: (a - b) & M32,
+    "prmt.b32": lambda a, b, c: _prmt(a, b, int(c)),  # (the default mode: byte selectors 0-7)
+}
+
+
+def run_ptx(text, inputs):
+    """Emulate `text` (one tl.inline_asm_elementwise body) on int64 tensors of 32-bit words; $k are inputs[k - n_out]
+    for the registers it reads; returns the $ registers it wrote."""
+    regs = {}
+
+    def val(tok):
+        tok = tok.strip()
+        if tok.startswith("$") or re.fullmatch(r"[a-z]\w*", tok):
+            return regs[tok] if tok in regs else inputs[tok]
+        return torch.tensor(int(tok, 0), dtype=torch.int64)
+
+    for line in text.splitlines():
+        line = line.strip().rstrip(";")
+        if not line or line in "{}" or line.startswith(".reg"):
+            continue
+        op, args = line.split(None, 1)
+        dst, *src = [t.strip() for t in args.split(",")]
+        regs[dst] = OPS[op](*[val(s) for s in src])
+    return {k: v for k, v in regs.items() if k.startswith("$")}
+
+
+def _bits(x):
+    return x.float().view(torch.int32).long() & M32
+
+
+def _words(codes):
+    """codes (n, 8) uint8 -> the packed little-endian 32-bit words formats.pack makes."""
+    b = pack(codes).long()
+    return b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16) | (b[:, 3] << 24)
+
+
+def _encode(v, mx, scale_bits=None):
+    ins = {f"${i + 1}": _bits(v[:, i]) for i in range(8)}
+    if mx:
+        ins["$9"] = torch.full_like(ins["$1"], scale_bits)
+    return run_ptx(encode_ptx(mx), ins)["$0"]
+
+
+def _all_finite_bf16():
+    v = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).float()
+    v = v[torch.isfinite(v)]
+    return torch.cat([v, v[: -v.numel() % 8]]).reshape(-1, 8)
+
+
+def test_mxfp4_encode_ptx_is_the_codec_on_every_bf16_value():
+    """Every finite bf16 value, times 2^-e for three exponents, and float32 values that round onto them."""
+    v = _all_finite_bf16()
+    g = torch.Generator().manual_seed(0)
+    v32 = v * (1 + (torch.rand(v.shape, generator=g) - 0.5) * 2 ** -7)  # not bf16: the cvt rounds first
+    for e in (-2, 0, 3):
+        scale = ((127 - e) << 7) * 0x00010001
+        for x in (v, v32):
+            ref = codec.encode_e2m1(x.to(torch.bfloat16).double() * 2.0 ** -e)
+            assert torch.equal(_encode(x, True, scale), _words(ref)), e
+
+
+def test_nvfp4_encode_ptx_is_the_codec_on_ties_and_their_neighbours():
+    """NVFP4 takes float32 quotients: round to odd bf16, then E2M1. Every E2M1 value and midpoint, one float32 ulp
+    either side of each (where the odd rounding must not flip the decision), both signs, and random values."""
+    pts = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 100.0])
+    up, down = torch.nextafter(pts, torch.tensor(1e9)), torch.nextafter(pts, torch.tensor(-1e9))
+    g = torch.Generator().manual_seed(1)
+    rnd = (torch.rand(40_000, generator=g) * 16 - 8) * torch.exp2(torch.randint(-6, 2, (40_000,), generator=g))
+    v = torch.cat([pts, up, down, -pts, -up, -down, rnd])
+    v = torch.cat([v, v[: -v.numel() % 8]]).reshape(-1, 8)
+    assert torch.equal(_encode(v, False), _words(codec.encode_e2m1(v)))
+
+
+def test_round_pair_ptx_rounds_to_nearest_even_bf16():
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(2, 50_000, generator=g) * torch.exp2(torch.randint(-30, 30, (2, 50_000), generator=g))
+    out = run_ptx(ROUND_PAIR, {"$2": _bits(a), "$3": _bits(b)})
+    for k, x in (("$0", a), ("$1", b)):
+        assert torch.equal(out[k], _bits(x.to(torch.bfloat16).float()))

@@ -341,7 +341,7 @@ def main():
             print(f"{r['kernel']} {r['format']} {r['shape']:12s} M={r['M']:<4d} {r['us']:8.1f} us  bf16 "
                   f"{r['bf16_us']:8.1f} us  x{r['speedup']:.2f}  {r['GB/s']:6.0f} GB/s  err {r['rel_err']:.1e}")
         rows += new
-        for kname in ("W4A16 tc", "W4A16 gemv", "W4A16 gemv plain-decode", "W4A16 gemm"):
+        for kname in ("W4A16 ws", "W4A16 tc", "W4A16 gemv", "W4A16 gemv plain-decode", "W4A16 gemm"):
             for fmt in ("mxfp4", "nvfp4"):
                 s = [r["speedup"] for r in new if r["kernel"] == kname and r["format"] == fmt and r["M"] == 1
                      and r["shape"].startswith("8B")]

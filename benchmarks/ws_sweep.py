@@ -7,7 +7,7 @@ reads of the same packed bytes: torch.amax / torch.sum over the words and scales
 a streaming Triton read (an xor of every word: grid, bytes per iteration, warps), what no GEMM reading these bytes
 once can beat by much.
 
-    python benchmarks/ws_sweep.py [--m 1] [--fmt mxfp4,nvfp4] [--rotate 32] [--json out/ws_sweep.json]
+    python benchmarks/ws_sweep.py [--m 1] [--fmt mxfp4,nvfp4] [--rotate 32] [--70b] [--json out/ws_sweep.json]
 """
 import argparse
 import json
@@ -63,6 +63,7 @@ ap.add_argument("--programs", default="0,2,3", help="stream-K programs per SM (0
 ap.add_argument("--splits", default="0", help="K splits (0: the heuristic's)")
 ap.add_argument("--rotate", default="", help="also time W4A16's rotation (block size) + GEMM")
 ap.add_argument("--floor", action="store_true", help="also time a plain read of the packed bytes")
+ap.add_argument("--70b", dest="b70", action="store_true", help="the Llama-3-70B linears too")
 ap.add_argument("--json", default="out/ws_sweep.json")
 args = ap.parse_args()
 kb.GRAPHS = True
@@ -70,7 +71,7 @@ sms = _sm_count(torch.device("cuda"))
 
 rows = []
 for fmt, M in [(f, int(m)) for f in args.fmt.split(",") for m in args.m.split(",")]:
-    for name, (N, K) in list(kb.SHAPES.items())[:4]:
+    for name, (N, K) in [(k, v) for k, v in kb.SHAPES.items() if args.b70 or k.startswith("8B")]:
         n_w = kb.copies(N * K // 2)
         x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
         t_bf16 = kb.bf16_time(x, N, K)

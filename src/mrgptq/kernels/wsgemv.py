@@ -204,11 +204,13 @@ def gluon_ok(device: torch.device) -> bool:
 
 def _pick(M: int, N: int, K: int, sms: int) -> tuple[int, int, int]:
     """(split, bricks per stage, stages): `tc_gemv`'s K split (its heuristic, so the results stay bit-identical);
-    two bricks per stage (fewer barriers a brick) where a program has at least 8 bricks in pairs (BENCHMARKS.md)."""
+    two bricks per stage (fewer barriers a brick) only where a program has at least 64 bricks. On the H100, one
+    brick in each of 4 stages was 2-8% faster at every Llama-3-8B linear, two at 70B gate_up (64 bricks a program;
+    BENCHMARKS.md, session 16)."""
     split = _tc_pick(M, N, K, sms)[3]
     k128 = K // CHUNK
     per = k128 // split
-    return (split, 2, 3) if k128 % split == 0 and per >= 8 and per % 2 == 0 else (split, 1, 4)
+    return (split, 2, 3) if k128 % split == 0 and per >= 64 and per % 2 == 0 else (split, 1, 4)
 
 
 def ws_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tensor | None = None,

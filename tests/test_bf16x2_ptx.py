@@ -23,10 +23,14 @@ def _bf16_bits(v):
     return v.float().to(torch.bfloat16).view(torch.int16).long() & 0xFFFF
 
 
-def _pairwise(fn, *xs):
-    lo = _bf16_bits(fn(*[_bf16_value(x & 0xFFFF) for x in xs]))
-    hi = _bf16_bits(fn(*[_bf16_value(x >> 16) for x in xs]))
-    return lo | (hi << 16)
+def _per_half(fn, *xs):
+    """fn applied to the low 16-bit halves of 32-bit words xs, then to the high halves; repacked."""
+    return fn(*[x & 0xFFFF for x in xs]) | (fn(*[x >> 16 for x in xs]) << 16)
+
+
+def _bf16_op(fn):
+    """fn on bf16 halves as float64, rounded back to bf16 bits."""
+    return lambda *h: _bf16_bits(fn(*[_bf16_value(x) for x in h]))
 
 
 def _prmt(a, b, sel):
@@ -43,11 +47,11 @@ OPS = {
     "mov.b32": lambda a: a,
     "cvt.rn.bf16x2.f32": lambda a, b: (_bf16_bits(a.to(torch.int32).view(torch.float32)) << 16)
     | _bf16_bits(b.to(torch.int32).view(torch.float32)),
-    "mul.rn.bf16x2": lambda a, b: _pairwise(lambda x, y: x * y, a, b),
-    "fma.rn.bf16x2": lambda a, b, c: _pairwise(lambda x, y, z: x * y + z, a, b, c),
+    "mul.rn.bf16x2": lambda a, b: _per_half(_bf16_op(lambda x, y: x * y), a, b),
+    "fma.rn.bf16x2": lambda a, b, c: _per_half(_bf16_op(lambda x, y, z: x * y + z), a, b, c),
     "abs.bf16x2": lambda a: a & 0x7FFF7FFF,
-    "min.bf16x2": lambda a, b: _min_pick(a & 0xFFFF, b & 0xFFFF) | (_min_pick(a >> 16, b >> 16) << 16),
-    "min.u16x2": lambda a, b: torch.minimum(a & 0xFFFF, b & 0xFFFF) | (torch.minimum(a >> 16, b >> 16) << 16),
+    "min.bf16x2": lambda a, b: _per_half(_min_pick, a, b),
+    "min.u16x2": lambda a, b: _per_half(torch.minimum, a, b),
     "shr.b32": lambda a, b: a >> b,
     "shl.b32": lambda a, b: (a << b) & M32,
     "and.b32": lambda a, b: a & b,
@@ -59,12 +63,11 @@ OPS = {
 
 
 def run_ptx(text, inputs):
-    """Emulate `text` (one tl.inline_asm_elementwise body) on int64 tensors of 32-bit words; $k are inputs[k - n_out]
-    for the registers it reads; returns the $ registers it wrote."""
+    """Emulate `text` (one tl.inline_asm_elementwise body) on int64 tensors of 32-bit words; `inputs` maps the $k
+    operands it reads to their words; returns the $ registers it wrote."""
     regs = {}
 
     def val(tok):
-        tok = tok.strip()
         if tok.startswith("$") or re.fullmatch(r"[a-z]\w*", tok):
             return regs[tok] if tok in regs else inputs[tok]
         return torch.tensor(int(tok, 0), dtype=torch.int64)

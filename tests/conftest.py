@@ -12,11 +12,15 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-def student_t(shape, df=4.0, seed=0, dtype=torch.float32):
-    """Heavy-tailed data like real weights/activations (never zeros)."""
+def student_t(shape, df=4, seed=0, dtype=torch.float32):
+    """Heavy-tailed data like real weights/activations (never zeros), the same for the same seed: the chi-square
+    is a sum of df squared normals from the seeded generator (torch.distributions would draw it from the global
+    one, which made "seeded" data differ between runs)."""
+    if df != int(df) or df < 1:
+        raise ValueError(f"student_t: df must be a positive integer, got {df}")
     g = torch.Generator().manual_seed(seed)
     n = torch.randn(shape, generator=g, dtype=torch.float64)
-    chi = torch.distributions.Chi2(torch.tensor(df, dtype=torch.float64)).sample(shape)
+    chi = torch.randn((*shape, int(df)), generator=g, dtype=torch.float64).square().sum(-1)
     return (n / torch.sqrt(chi / df)).to(dtype)
 
 

@@ -77,8 +77,9 @@ def packed_weights(fmt, N, K, n, dev):
 
 
 def w4a16_rows(shapes, ms, dev, names=None):
-    """The W4A16 kernels (tensor-core decode GEMM `tc`, its warp-specialized form `ws` (M <= 16, Hopper),
-    CUDA-core GEMV, tile GEMM) against cuBLAS bf16, same M."""
+    """The W4A16 kernels (tensor-core decode GEMM `tc`, its warp-specialized form `ws` and the row-split `row`
+    (M <= 16, Hopper; `dispatch`: the one of the two QuantLinear picks), CUDA-core GEMV, tile GEMM) against
+    cuBLAS bf16, same M."""
     from mrgptq.kernels.gemm import fp4_matmul
     from mrgptq.kernels.gemv import fp4_gemv
     from mrgptq.kernels import ws_enabled
@@ -88,9 +89,14 @@ def w4a16_rows(shapes, ms, dev, names=None):
     def kernels(x, q, bufs, tcb, alpha):
         ks = {"tc": lambda i: tc_gemv(x, tcb[i], alpha)}
         if x.shape[0] <= 16 and ws_ok:
+            from mrgptq.kernels.rowgemv import fits, row_gemv
             from mrgptq.kernels.wsgemv import ws_gemv
 
             ks["ws"] = lambda i: ws_gemv(x, tcb[i], alpha)
+            if fits(tcb[0], x.shape[0]):
+                ks["row"] = lambda i: row_gemv(x, tcb[i], alpha)
+            # what QuantLinear runs on Hopper: the row-split kernel where it fits, else ws
+            ks["dispatch"] = ks.get("row", ks["ws"])
         return {**ks,
                 "gemv": lambda i: fp4_gemv(x, *bufs[i], q.spec, alpha),
                 "gemv plain-decode": lambda i: fp4_gemv(x, *bufs[i], q.spec, alpha, lut=False),
@@ -302,8 +308,8 @@ def main():
     p.add_argument("--only", choices=("quantize", "w4a16", "w4a4", "sweep", "qsweep"), nargs="*")
     p.add_argument("--no-70b", action="store_true")
     p.add_argument("--ms", default="1,4,8,16,32", help="W4A16 rows (batch sizes) to time")
-    p.add_argument("--w4a16-kernels", default="tc,ws,gemv,gemv plain-decode,gemm",
-                   help="comma-separated W4A16 kernels to time (tc, ws, gemv, gemv plain-decode, gemm)")
+    p.add_argument("--w4a16-kernels", default="tc,ws,row,dispatch,gemv,gemv plain-decode,gemm",
+                   help="comma-separated W4A16 kernels to time (tc, ws, row, dispatch, gemv, gemv plain-decode, gemm)")
     p.add_argument("--sweep-formats", default="mxfp4,nvfp4")
     p.add_argument("--qsweep-kernel", choices=("gluon", "triton"), default="gluon",
                    help="which rotate+quantize kernel --only qsweep sweeps")
@@ -341,7 +347,7 @@ def main():
             print(f"{r['kernel']} {r['format']} {r['shape']:12s} M={r['M']:<4d} {r['us']:8.1f} us  bf16 "
                   f"{r['bf16_us']:8.1f} us  x{r['speedup']:.2f}  {r['GB/s']:6.0f} GB/s  err {r['rel_err']:.1e}")
         rows += new
-        for kname in ("W4A16 ws", "W4A16 tc", "W4A16 gemv", "W4A16 gemv plain-decode", "W4A16 gemm"):
+        for kname in ("W4A16 dispatch", "W4A16 ws", "W4A16 row", "W4A16 tc", "W4A16 gemv", "W4A16 gemv plain-decode", "W4A16 gemm"):
             for fmt in ("mxfp4", "nvfp4"):
                 s = [r["speedup"] for r in new if r["kernel"] == kname and r["format"] == fmt and r["M"] == 1
                      and r["shape"].startswith("8B")]

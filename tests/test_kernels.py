@@ -262,7 +262,7 @@ def test_w4a16_tensor_core_decode_gemm(fmt, M):
 def test_row_alpha_scales_each_row_as_its_own_launch_would(fmt):
     """TcWeight.row_alpha (siblings with per-tensor scales of their own) multiplies each output row by its
     factor bit for bit as a launch with that scalar alpha does: tc_gemv and, on Hopper, the warp-specialized
-    kernel."""
+    and row-split kernels."""
     N, K = TC_SHAPES[-1]
     q, wp, ws, _ = _weights(fmt, N, K, seed=60)
     tw = tc_pack(wp, ws, q.spec)
@@ -271,9 +271,10 @@ def test_row_alpha_scales_each_row_as_its_own_launch_would(fmt):
     ra = torch.cat([torch.full((b - a,), f, dtype=torch.float32) for f, a, b in zip(factors, edges, edges[1:])])
     fns = [tc_gemv]
     if _ws_ok():
+        from mrgptq.kernels.rowgemv import row_gemv
         from mrgptq.kernels.wsgemv import ws_gemv
 
-        fns.append(ws_gemv)
+        fns += [ws_gemv, row_gemv]
     for fn in fns:
         tw.row_alpha = None
         plain = [fn(x, tw, f) for f in factors]
@@ -315,6 +316,34 @@ def test_warp_specialized_decode_gemm_is_tc_gemv_bit_for_bit(fmt, M):
             y = ws_gemv(x, tw, _alpha(q), programs=programs, out=poisoned((M, N), torch.bfloat16))
             _close(y, ref)
             assert torch.equal(y, ws_gemv(x, tw, _alpha(q), programs=programs))
+
+
+@pytest.mark.skipif(not _ws_ok(), reason="the row-split decode GEMM needs a Hopper GPU and Triton's Gluon")
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+@pytest.mark.parametrize("M", [1, 5, 9, 16])
+def test_row_split_decode_gemm(fmt, M):
+    """16 weight rows a program, K split over its warps and summed in shared memory: within bf16 rounding of the
+    dequantized reference for ring depths 2-4 and 2, 4 or 8 warps (partial 64-row blocks, N = 100, and zero
+    padding tokens included), every output written, the same bits twice; what it cannot take is refused."""
+    from mrgptq.errors import MrgptqError
+    from mrgptq.kernels.rowgemv import fits, row_gemv
+
+    for i, (N, K) in enumerate(TC_SHAPES):
+        q, wp, ws, wdq = _weights(fmt, N, K, seed=70 + i)
+        tw = tc_pack(wp, ws, q.spec)
+        x = student_t((M, K), seed=M + 11).to(torch.bfloat16).to(DEV)
+        ref = x.float() @ wdq.T
+        for kw in ({}, {"stages": 3}, {"stages": 4, "warps": 2}, {"stages": 2, "warps": 8}):
+            if K % (128 * kw.get("warps", 4)):
+                continue
+            y = row_gemv(x, tw, _alpha(q), out=poisoned((M, N), torch.bfloat16), **kw)
+            _close(y, ref)
+            assert torch.equal(y, row_gemv(x, tw, _alpha(q), **kw)), (N, K, M, kw)
+    assert fits(tw, 16) and not fits(tw, 17)
+    with pytest.raises(MrgptqError, match="at most 16 rows"):
+        row_gemv(student_t((17, K), seed=1).to(torch.bfloat16).to(DEV), tw)
+    with pytest.raises(MrgptqError, match="a multiple of 1024"):  # K = 512 over 8 warps
+        row_gemv(x, tw, warps=8)
 
 
 def test_tc_pack_refuses_what_it_cannot_hold():

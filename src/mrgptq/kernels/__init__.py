@@ -72,8 +72,9 @@ def ws_enabled(device: torch.device) -> bool:
 
 
 def _tc_product(module, tw, x2, out_dtype, alpha=None):
-    """The decode GEMM on the re-laid weight after the online rotation: warp-specialized up to WS_ROWS bf16 rows
-    on Hopper, else `tc_gemv` (W4A4 activations dequantized first: few rows, and their values are then exact).
+    """The decode GEMM on the re-laid weight after the online rotation: up to WS_ROWS bf16 rows on Hopper the
+    row-split kernel for small weights (`rowgemv.fits`; MRGPTQ_ROW=0: off) or the warp-specialized one, else
+    `tc_gemv` (W4A4 activations dequantized first: few rows, and their values are then exact).
     alpha: the product's factor (default 1 / the module's weight per-tensor scale)."""
     from .gemm import dequantize
     from .tcgemv import tc_gemv
@@ -84,8 +85,11 @@ def _tc_product(module, tw, x2, out_dtype, alpha=None):
     if a_scales is not None:
         a = dequantize(a, a_scales, module.act_spec, ga, torch.bfloat16)
     if a.shape[0] <= WS_ROWS and out_dtype == torch.bfloat16 and ws_enabled(a.device):
+        from . import rowgemv
         from .wsgemv import ws_gemv
 
+        if os.environ.get("MRGPTQ_ROW", "1") != "0" and rowgemv.fits(tw, a.shape[0]):
+            return rowgemv.row_gemv(a, tw, alpha)
         return ws_gemv(a, tw, alpha)
     return tc_gemv(a, tw, alpha, out_dtype=out_dtype)
 

@@ -43,6 +43,7 @@ WORDS = gl.DistributedLinearLayout(reg_bases=[[0, 1], [0, 2], [8, 0]],
 
 @gluon.jit
 def _stack4(a, b, c, d):
+    """(..., 2, 2) with index 2i + j -> a, b, c, d."""
     return gl.join(gl.join(a, c), gl.join(b, d))
 
 
@@ -83,23 +84,33 @@ def _producer(x_ptr, w_ptr, s_ptr, w_bufs, s_bufs, x_bufs, ready, empty, M, stri
 
 
 @gluon.jit
-def _decode_step(w_bufs, s_bufs, st, v, AL: gl.constexpr, WL: gl.constexpr, NV: gl.constexpr):
-    """Stage st's brick as the bf16 wgmma A operand (64 x 128), scaled, in 2^-126 units (see tcgemv). A row's
-    scale word(s): MXFP4 one word, byte v for words 4t + v; NVFP4 two words, int16 v (low byte: pairs 0-1,
-    high byte: pairs 2-3) re-encoded as in `tc_gemv`."""
-    w = w_bufs.index(st).load(WL)
+def decode_words(w, s0, s1, v, NV: gl.constexpr):
+    """The 8 bf16 values (m, b) of each word w in the wgmma / mma A-fragment layout, scaled, in 2^-126 units
+    (see tcgemv), any shape: s0 (and s1), broadcast to w, are its row's scale word(s) and v its word's index
+    mod 4 (word 4t + v). MXFP4: byte v of s0; NVFP4: int16 v of (s0, s1) (low byte: pairs 0-1, high byte:
+    pairs 2-3) re-encoded as in `tc_gemv`."""
     if NV:
-        s0 = s_bufs.index(2 * st).load(gl.SliceLayout(1, WL))
-        s1 = s_bufs.index(2 * st + 1).load(gl.SliceLayout(1, WL))
-        h = (gl.where((v < 2)[None, :], s0[:, None], s1[:, None]) >> ((v & 1) * 16)[None, :]) & 0xFFFF
+        h = (gl.where(v < 2, s0, s1) >> ((v & 1) * 16)) & 0xFFFF
         sa = (h & 0xFF) * 0x00100010 + 0x76007600
         sb = (h >> 8) * 0x00100010 + 0x76007600
     else:
-        s = s_bufs.index(st).load(gl.SliceLayout(1, WL))
-        sa = ((s[:, None] >> (v * 8)[None, :]) & 0xFF) * 0x00800080
+        sa = ((s0 >> (v * 8)) & 0xFF) * 0x00800080
         sb = sa
-    o0, o1, o2, o3, o4, o5, o6, o7 = gl.inline_asm_elementwise(
-        _DECODE_PTX, "=h,=h,=h,=h,=h,=h,=h,=h,r,r,r", [w, sa, sb], dtype=(gl.bfloat16,) * 8, is_pure=True, pack=1)
+    return gl.inline_asm_elementwise(_DECODE_PTX, "=h,=h,=h,=h,=h,=h,=h,=h,r,r,r", [w, sa, sb],
+                                     dtype=(gl.bfloat16,) * 8, is_pure=True, pack=1)
+
+
+@gluon.jit
+def _decode_step(w_bufs, s_bufs, st, v, AL: gl.constexpr, WL: gl.constexpr, NV: gl.constexpr):
+    """Stage st's brick as the bf16 wgmma A operand (64 x 128): `decode_words` on its words and scale words."""
+    w = w_bufs.index(st).load(WL)
+    if NV:
+        s0 = s_bufs.index(2 * st).load(gl.SliceLayout(1, WL))[:, None]
+        s1 = s_bufs.index(2 * st + 1).load(gl.SliceLayout(1, WL))[:, None]
+    else:
+        s0 = s_bufs.index(st).load(gl.SliceLayout(1, WL))[:, None]
+        s1 = s0
+    o0, o1, o2, o3, o4, o5, o6, o7 = decode_words(w, s0, s1, v[None, :], NV)
     a = gl.join(_stack4(o0, o2, o4, o6), _stack4(o1, o3, o5, o7))  # (64 rows, 16 words u, m, b)
     a = gl.reshape(a, (64, 4, 4, 4, 2))  # u = 4 t + v
     a = gl.permute(a, (0, 2, 3, 1, 4))  # k = 32 v + 8 m + 2 t + b

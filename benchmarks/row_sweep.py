@@ -1,0 +1,66 @@
+"""The row-split decode GEMM (kernels/rowgemv.py: 16 weight rows a program, K split over its warps, no
+cross-program sum) against the warp-specialized one (`ws_gemv`) and cuBLAS bf16 at the Llama-3 linears: checks
+each config against the dequantized reference (and that two calls agree bit for bit), times it from a CUDA graph
+over rotating weight copies, sweeps ring stages x warps a program.
+
+    python benchmarks/row_sweep.py [--m 1,16] [--fmt mxfp4,nvfp4] [--cfg 4x4,6x4,4x8] [--70b] [--json out/row_sweep.json]
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import kernels as kb
+
+from mrgptq.kernels.rowgemv import row_gemv
+from mrgptq.kernels.tcgemv import tc_pack
+from mrgptq.kernels.wsgemv import ws_gemv
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--m", default="1,16", help="rows of x (tokens), comma-separated")
+ap.add_argument("--fmt", default="mxfp4,nvfp4", help="weight formats, comma-separated")
+ap.add_argument("--cfg", default="4x4,6x4,8x4,4x8", help="stages x warps a program")
+ap.add_argument("--70b", dest="b70", action="store_true", help="the Llama-3-70B linears too")
+ap.add_argument("--json", default="out/row_sweep.json")
+args = ap.parse_args()
+kb.GRAPHS = True
+
+rows = []
+for fmt in args.fmt.split(","):
+    for name, (N, K) in [(k, v) for k, v in kb.SHAPES.items() if args.b70 or k.startswith("8B")]:
+        n_w = kb.copies(N * K // 2)
+        q, bufs, alpha, wdq = kb.packed_weights(fmt, N, K, n_w, "cuda")
+        tcb = [tc_pack(*b, q.spec) for b in bufs]
+        for M in map(int, args.m.split(",")):
+            x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+            ref = x.float() @ wdq.float().T
+            t_bf16 = kb.bf16_time(x, N, K)
+            t_ws = kb.bench(lambda i, x=x, tcb=tcb, alpha=alpha: ws_gemv(x, tcb[i], alpha), n_w) * 1e6
+            res, bad = {}, []
+            for st, kw in [tuple(map(int, c.split("x"))) for c in args.cfg.split(",")]:
+                if K % (128 * kw):
+                    continue
+                y = torch.full((M, N), float("nan"), device="cuda", dtype=torch.bfloat16)
+                row_gemv(x, tcb[0], alpha, out=y, stages=st, warps=kw)
+                y2 = row_gemv(x, tcb[0], alpha, stages=st, warps=kw)
+                torch.cuda.synchronize()
+                rel = ((y.float() - ref).norm() / ref.norm()).item()
+                if not (rel < 1e-2 and torch.equal(y, y2)):
+                    bad.append((st, kw, rel))
+                    print("WRONG", fmt, name, M, st, kw, rel, "repeatable:", torch.equal(y, y2), flush=True)
+                    continue
+                res[f"{st}x{kw}"] = kb.bench(lambda i, x=x, tcb=tcb, alpha=alpha, st=st, kw=kw:
+                                             row_gemv(x, tcb[i], alpha, stages=st, warps=kw), n_w) * 1e6
+            print(f"{fmt} {name:14s} M={M:2d} bf16 {t_bf16:6.1f}us ws {t_ws:5.1f}us x{t_bf16 / t_ws:.2f} | row "
+                  + "; ".join(f"{c} {t:.1f}us x{t_bf16 / t:.2f}" for c, t in sorted(res.items(), key=lambda r: r[1])),
+                  flush=True)
+            rows.append({"fmt": fmt, "shape": name, "M": M, "N": N, "K": K, "bf16_us": t_bf16, "ws_us": t_ws, "row": res,
+                         "wrong": [str(b) for b in bad]})
+Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "config": "stages x warps",
+                                       "rows": rows}, indent=1))
+print(f"wrote {args.json}")

@@ -1,16 +1,20 @@
-"""The quantize kernel's inline PTX (`kernels/bf16x2.py`), run instruction by instruction in a small emulator
-against formats.codec and formats.pack on the CPU, so CI checks the shipped encode text itself (the GPU tests
-compare the kernels; this covers every finite bf16 value and the E2M1 ties exactly).
+"""The kernels' inline PTX, run instruction by instruction in a small emulator on the CPU, so CI checks the shipped
+text itself (the GPU tests compare the kernels): the quantize encode (`kernels/bf16x2.py`) against formats.codec
+and formats.pack on every finite bf16 value and the E2M1 ties, and the decode GEMMs' decode (`tcgemv._DECODE_PTX`,
+used by tc_gemv, ws_gemv and row_gemv) on `tc_pack`'s words and re-encoded scales against formats.dequantize.
 
 The emulator knows only the instructions that PTX uses; bf16 arithmetic is done exactly in float64 and rounded to
 nearest even (through float32, exact for these operands: products of two bf16 values, sums with 128..132).
 """
+import dataclasses
 import re
 
 import torch
 
+from mrgptq import formats
 from mrgptq.formats import codec, pack
 from mrgptq.kernels.bf16x2 import ROUND_PAIR, encode_ptx
+from mrgptq.kernels.tcgemv import _DECODE_PTX, tc_pack
 
 M32 = 0xFFFFFFFF
 
@@ -59,7 +63,14 @@ OPS = {
     "mad.lo.u32": lambda a, b, c: (a * b + c) & M32,
     "sub.u32": lambda a, b: (a - b) & M32,
     "prmt.b32": lambda a, b, c: _prmt(a, b, int(c)),  # (the default mode: byte selectors 0-7)
+    "lop3.b32": lambda a, b, c, lut: _lop3(a, b, c, int(lut)),
 }
+
+
+def _lop3(a, b, c, lut):
+    """Bit i of the result: bit (4 a_i + 2 b_i + c_i) of the 8-bit truth table lut."""
+    idx = [((a >> i) & 1) * 4 + ((b >> i) & 1) * 2 + ((c >> i) & 1) for i in range(32)]
+    return sum(((lut >> k) & 1) << i for i, k in enumerate(idx))
 
 
 def run_ptx(text, inputs):
@@ -77,6 +88,11 @@ def run_ptx(text, inputs):
         if not line or line in "{}" or line.startswith(".reg"):
             continue
         op, args = line.split(None, 1)
+        pair = re.fullmatch(r"\{\s*(\S+),\s*(\S+)\s*\},\s*(\S+)", args)
+        if op == "mov.b32" and pair:  # mov.b32 {lo, hi}, word: the word's 16-bit halves
+            w = val(pair.group(3))
+            regs[pair.group(1)], regs[pair.group(2)] = w & 0xFFFF, w >> 16
+            continue
         dst, *src = [t.strip() for t in args.split(",")]
         regs[dst] = OPS[op](*[val(s) for s in src])
     return {k: v for k, v in regs.items() if k.startswith("$")}
@@ -135,3 +151,38 @@ def test_round_pair_ptx_rounds_to_nearest_even_bf16():
     out = run_ptx(ROUND_PAIR, {"$2": _bits(a), "$3": _bits(b)})
     for k, x in (("$0", a), ("$1", b)):
         assert torch.equal(out[k], _bits(x.to(torch.bfloat16).float()))
+
+
+def test_decode_ptx_is_dequantize_on_tc_pack_words():
+    """Word u = 4t + v of a row's 128-wide chunk C decodes to the values at k = 128 C + 32 v + 8 m + 2 t + b, in
+    (m, b) order, times 2^-shift: exactly formats.dequantize's, for random heavy-tailed weights in both formats
+    (MXFP4 exponents over a wide range, every E4M3 scale byte the data reaches, zero NVFP4 groups included)."""
+    from conftest import student_t
+
+    for fmt in ("mxfp4", "nvfp4"):
+        W = student_t((128, 512), df=3, seed=5) * torch.exp2(torch.randint(-12, 12, (128, 1),
+                                                                             generator=torch.Generator().manual_seed(6)))
+        W[3, 16:48] = 0  # whole zero groups (an NVFP4 scale of 0)
+        q = formats.quantize(W, fmt)
+        tw = tc_pack(pack(q.codes), q.scales, q.spec)
+        # code x group scale, exact in float32; the kernels apply the per-tensor 1 / g through alpha
+        unit = None if q.global_scale is None else torch.ones(())
+        want = formats.dequantize(dataclasses.replace(q, global_scale=unit)).double() * 2.0 ** -tw.shift
+        words = tw.words.long() & M32  # (N/64, C, 64, 16)
+        nv = fmt == "nvfp4"
+        sc = tw.scales.view(torch.int16 if nv else torch.uint8).long() & 0xFFFF  # (N/64, C, 64, 4) entries
+        u = torch.arange(16)
+        s = sc[..., u % 4]  # entry v for word 4t + v
+        if nv:
+            sa, sb = (s & 0xFF) * 0x00100010 + 0x76007600, (s >> 8) * 0x00100010 + 0x76007600
+        else:
+            sa = sb = s * 0x00800080
+        out = run_ptx(_DECODE_PTX.value, {"$8": words, "$9": sa & M32, "$10": sb & M32})
+        got = torch.stack([_bf16_value(out[f"${i}"]) for i in range(8)], -1)  # (N/64, C, 64, u, m b)
+        t, v = u // 4, u % 4
+        mb = torch.arange(8)
+        k = 32 * v[:, None] + 8 * (mb // 2)[None, :] + 2 * t[:, None] + (mb % 2)[None, :]  # (u, m b)
+        nb, C = words.shape[:2]
+        rows = (torch.arange(nb)[:, None] * 64 + torch.arange(64)[None, :])[:, None, :, None, None]
+        cols = (128 * torch.arange(C))[None, :, None, None, None] + k
+        assert torch.equal(got, want[rows, cols]), fmt

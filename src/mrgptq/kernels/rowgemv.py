@@ -73,7 +73,7 @@ def _row_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, alpha, ra_ptr, M, N, K, stride_
     xn = gl.arange(0, MP, gl.SliceLayout(0, gl.SliceLayout(2, XC)))
     xk = gl.arange(0, 128, gl.SliceLayout(0, gl.SliceLayout(1, XC)))
     x_off = (xw * per * 128)[:, None, None] + (xn * stride_xm)[None, :, None] + xk[None, None, :]
-    x_mask = (xn < M)[None, :, None] & (xk < 128)[None, None, :] & (xw < KW)[:, None, None]
+    x_mask = (xn < M)[None, :, None] & (xk < 128)[None, None, :] & (xw < KW)[:, None, None]  # (full shape)
 
     w_s = gl.allocate_shared_memory(gl.int32, [S, KW, 16, 4, 4], gl.SwizzledSharedLayout(1, 1, 1, [3, 2, 1, 0]))
     s_s = gl.allocate_shared_memory(gl.int32, [S * SW, KW, 16, 4], gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0]))
@@ -82,6 +82,7 @@ def _row_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, alpha, ra_ptr, M, N, K, stride_
         _issue(w_ptr, s_ptr, x_ptr, w_s, s_s, x_s, pre, pre, per, w_off, s_off, x_off, x_mask, SW)
     v = wv[None, None, None, :]
     acc = gl.zeros((KW, 16, MP), gl.float32, MMA)
+    # (Gluon's barrier pass adds a CTA barrier after each wait and before each refill: the warps step together)
     for step in range(per):
         _issue(w_ptr, s_ptr, x_ptr, w_s, s_s, x_s, (step + S - 1) % S, step + S - 1, per, w_off, s_off, x_off,
                x_mask, SW)
@@ -129,7 +130,7 @@ def fits(tw: TcWeight, rows: int) -> bool:
 
 def _stages(K: int, warps: int) -> int:
     """Ring depth: 2 up to 16 k chunks a warp (ramp-up dominates), else 4 (H200 sweep: 8B down 4 x 4 15.5 us
-    against 17.2 us at 2 x 4; 2 stages were the fastest or within 2% at every K <= 8192 linear)."""
+    against 17.2 us at 2 x 4; 2 stages were the fastest or within 3% at every K <= 8192 linear)."""
     return 2 if K // (CHUNK * warps) <= 16 else 4
 
 

@@ -29,7 +29,8 @@ def available(x: torch.Tensor | None = None) -> bool:
 
 TC_ROWS = 128  # up to this many rows: the tensor-core decode GEMM (tcgemv.py) where the weight fits its layout
 WS_ROWS = 16  # up to this many bf16 rows on Hopper: its warp-specialized form (wsgemv.py; MRGPTQ_WS=0: off;
-# it takes up to 32, but at 32 rows it was slower than tc_gemv at 3 of the 4 Llama-3-8B shapes: BENCHMARKS.md)
+# it takes up to 32, but at 32 rows it was slower than tc_gemv at 3 of the 4 Llama-3-8B shapes: BENCHMARKS.md),
+# or for small weights the row-split form (rowgemv.py, `rowgemv.fits`; MRGPTQ_ROW=0: off)
 GEMV_ROWS = 2  # else up to this many rows (decode): the CUDA-core GEMV (it re-reads the weight per row)
 DENSE_ROWS = 64  # from this many rows (prefill) on: dequantize, then a 16-bit cuBLAS GEMM
 MAX_ELEMENTS = 2**31 - 1  # the kernels address elements with int32 offsets: larger inputs run in row chunks

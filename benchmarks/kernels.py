@@ -82,7 +82,7 @@ def w4a16_rows(shapes, ms, dev, names=None):
     cuBLAS bf16, same M."""
     from mrgptq.kernels.gemm import fp4_matmul
     from mrgptq.kernels.gemv import fp4_gemv
-    from mrgptq.kernels import ws_enabled
+    from mrgptq.kernels import hopper_decode, ws_enabled
     from mrgptq.kernels.tcgemv import tc_gemv, tc_pack
     ws_ok = ws_enabled(torch.device(dev))
 
@@ -95,8 +95,7 @@ def w4a16_rows(shapes, ms, dev, names=None):
             ks["ws"] = lambda i: ws_gemv(x, tcb[i], alpha)
             if fits(tcb[0], x.shape[0]):
                 ks["row"] = lambda i: row_gemv(x, tcb[i], alpha)
-            # what QuantLinear runs on Hopper: the row-split kernel where it fits, else ws
-            ks["dispatch"] = ks.get("row", ks["ws"])
+            ks["dispatch"] = lambda i: hopper_decode(x, tcb[i], alpha)  # what QuantLinear runs
         return {**ks,
                 "gemv": lambda i: fp4_gemv(x, *bufs[i], q.spec, alpha),
                 "gemv plain-decode": lambda i: fp4_gemv(x, *bufs[i], q.spec, alpha, lut=False),

@@ -86,13 +86,19 @@ def _tc_product(module, tw, x2, out_dtype, alpha=None):
     if a_scales is not None:
         a = dequantize(a, a_scales, module.act_spec, ga, torch.bfloat16)
     if a.shape[0] <= WS_ROWS and out_dtype == torch.bfloat16 and ws_enabled(a.device):
-        from . import rowgemv
-        from .wsgemv import ws_gemv
-
-        if os.environ.get("MRGPTQ_ROW", "1") != "0" and rowgemv.fits(tw, a.shape[0]):
-            return rowgemv.row_gemv(a, tw, alpha)
-        return ws_gemv(a, tw, alpha)
+        return hopper_decode(a, tw, alpha)
     return tc_gemv(a, tw, alpha, out_dtype=out_dtype)
+
+
+def hopper_decode(a: torch.Tensor, tw, alpha: float) -> torch.Tensor:
+    """The Gluon decode GEMM for up to WS_ROWS bf16 rows on Hopper: row-split where `rowgemv.fits`
+    (MRGPTQ_ROW=0: off), else warp-specialized."""
+    from . import rowgemv
+    from .wsgemv import ws_gemv
+
+    if os.environ.get("MRGPTQ_ROW", "1") != "0" and rowgemv.fits(tw, a.shape[0]):
+        return rowgemv.row_gemv(a, tw, alpha)
+    return ws_gemv(a, tw, alpha)
 
 
 def sibling_product(x: torch.Tensor, group) -> torch.Tensor:

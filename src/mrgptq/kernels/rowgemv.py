@@ -90,7 +90,7 @@ def _row_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, alpha, ra_ptr, M, N, K, stride_
         cur = step % S
         w = w_s.index(cur).load(WL)
         s0 = s_s.index(SW * cur).load(SL)[:, :, :, None]
-        s1 = s_s.index(SW * cur + SW - 1).load(SL)[:, :, :, None]
+        s1 = s_s.index(SW * cur + 1).load(SL)[:, :, :, None] if NV else s0
         o0, o1, o2, o3, o4, o5, o6, o7 = decode_words(w, s0, s1, v, NV)
         a = gl.join(_stack4(o0, o2, o4, o6), _stack4(o1, o3, o5, o7))  # (KW, 16, t, v, m, b)
         a = gl.reshape(a, (KW, 16, 4, 4, 4, 2))

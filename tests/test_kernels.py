@@ -320,11 +320,12 @@ def test_warp_specialized_decode_gemm_is_tc_gemv_bit_for_bit(fmt, M):
 
 @pytest.mark.skipif(not _ws_ok(), reason="the row-split decode GEMM needs a Hopper GPU and Triton's Gluon")
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
-@pytest.mark.parametrize("M", [1, 5, 9, 16])
+@pytest.mark.parametrize("M", [1, 2, 3, 5, 9, 16])
 def test_row_split_decode_gemm(fmt, M):
     """16 weight rows a program, K split over its warps and summed in shared memory: within bf16 rounding of the
-    dequantized reference for ring depths 2-4 and 2, 4 or 8 warps (partial 64-row blocks, N = 100, and zero
-    padding tokens included), every output written, the same bits twice; what it cannot take is refused."""
+    dequantized reference for ring depths 2-4 and 2, 4 or 8 warps (partial 64-row blocks, N = 100; 1-16 rows,
+    so copies of 1, 2, 4, 8 and 16 tokens, zero-filled past M, into 8- and 16-token tiles), every output written,
+    the same bits twice; what it cannot take is refused."""
     from mrgptq.errors import MrgptqError
     from mrgptq.kernels.rowgemv import fits, row_gemv
 

@@ -8,8 +8,11 @@ which costs each small Llama-3-8B linear 1.4-1.8 us on the H100 (BENCHMARKS.md, 
 the SMs (256 for N = 4096); each of a program's KW warps takes a contiguous quarter (KW = 4) of K, and the KW
 partial sums meet in shared memory inside the program: no workspace, no atomics, deterministic.
 
-Every warp streams its range through a ring of S stages with cp.async (16-byte copies of its words and of x's
-rows for its k, 4-byte ones of its rows' scale words); the decode is `tcgemv`'s PTX (`wsgemv.decode_words`).
+Every warp streams its range through a ring of S stages with cp.async: 16-byte copies of its words and of x's
+8-wide k groups, one copy of its rows' scale word(s) (4 or 8 bytes); the decode is `tcgemv`'s PTX
+(`wsgemv.decode_words`). Only x's M real tokens are copied (M rounded up to a power of 2), into a layout with
+no bank conflicts (`_x_view`): copying all 8 tokens of the MMA tile at M = 1, as session 17 did, cost 8B gate_up
+24.5 against 23.2 us and down 15.4 against 14.3 (MXFP4, H200, session 18).
 """
 from __future__ import annotations
 
@@ -26,26 +29,28 @@ from .tcgemv import CHUNK, TcWeight
 from .wsgemv import _stack4, decode_words
 
 WARPS = 4  # warps a program: each takes K / WARPS
-# QuantLinear's choice (`fits`): weights up to this size at any M <= 16, larger ones up to MAX_N x MAX_K at M <= 8
-SMALL_WEIGHTS, MAX_N, MAX_K = 1 << 25, 16384, 8192
+# QuantLinear's choice (`fits`): weights up to SMALL_WEIGHTS at M <= 16, MID_WEIGHTS at M <= 4, MAX_N x MAX_K at
+# M <= 8
+SMALL_WEIGHTS, MID_WEIGHTS, MAX_N, MAX_K = 1 << 25, 1 << 28, 16384, 8192
 
 
 @gluon.jit
-def _issue(w_ptr, s_ptr, x_ptr, w_s, s_s, x_s, st, step, per, w_off, s_off, x_off, x_mask, SW: gl.constexpr):
+def _issue(w_ptr, s_ptr, x_ptr, w_s, s_s, x_s, st, step, per, w_off, s_off, x_off, x_mask, SW: gl.constexpr,
+           KW: gl.constexpr, MC: gl.constexpr, XW: gl.constexpr):
     """Step `step` of every warp's range into stage st, one cp.async group (nothing past the range is read)."""
     live = step < per
     async_copy.async_copy_global_to_shared(w_s.index(st), w_ptr + step * 1024 + w_off, mask=(w_off >= 0) & live)
-    for i in gl.static_range(SW):
-        async_copy.async_copy_global_to_shared(s_s.index(st * SW + i), s_ptr + step * (64 * SW) + i + s_off,
-                                               mask=(s_off >= 0) & live)
-    async_copy.async_copy_global_to_shared(x_s.index(st), x_ptr + step * 128 + x_off, mask=x_mask & live)
+    async_copy.async_copy_global_to_shared(s_s.index(st), s_ptr + step * (64 * SW) + s_off, mask=(s_off >= 0) & live)
+    async_copy.async_copy_global_to_shared(x_s.index(st)._reinterpret(gl.bfloat16, [KW, 16, MC, 8], XW),
+                                           x_ptr + step * 128 + x_off, mask=x_mask & live)
     async_copy.commit_group()
 
 
 @gluon.jit
 def _row_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, alpha, ra_ptr, M, N, K, stride_xm, stride_ym,
                      S: gl.constexpr, MP: gl.constexpr, KW: gl.constexpr, NV: gl.constexpr,
-                     ROW_ALPHA: gl.constexpr, WL: gl.constexpr):
+                     ROW_ALPHA: gl.constexpr, WL: gl.constexpr, MC: gl.constexpr, XV: gl.constexpr,
+                     XW: gl.constexpr):
     """Program p: rows 16 p .. 16 p + 15 (brick row block p // 4, its rows 16 (p % 4) + i); warp w: k chunks
     [w per, (w + 1) per) of them, per = K / (128 KW)."""
     pid = gl.program_id(0)
@@ -66,37 +71,54 @@ def _row_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, alpha, ra_ptr, M, N, K, stride_
     wv = gl.arange(0, 4, gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, WL))))
     row = (nb * C + ww[:, None, None] * per) * 64 + 16 * j + wi[None, :, None]  # (KW, 16, 1) in SL
     w_off = row[:, :, :, None] * 16 + (4 * wt)[None, None, :, None] + wv[None, None, None, :]
-    s_off = (row + wt[None, None, :] * 0) * SW  # every t copies its row's scale word(s) for itself
-    # x (warp w, token n, k) of chunk w * per + step, 16 bytes a copy; rows n >= M are zero-filled
-    XC: gl.constexpr = gl.BlockedLayout([1, 1, 8], [1, 2, 16], [KW, 1, 1], [2, 1, 0])
-    xw = gl.arange(0, KW, gl.SliceLayout(1, gl.SliceLayout(2, XC)))
-    xn = gl.arange(0, MP, gl.SliceLayout(0, gl.SliceLayout(2, XC)))
-    xk = gl.arange(0, 128, gl.SliceLayout(0, gl.SliceLayout(1, XC)))
-    x_off = (xw * per * 128)[:, None, None] + (xn * stride_xm)[None, :, None] + xk[None, None, :]
-    x_mask = (xn < M)[None, :, None] & (xk < 128)[None, None, :] & (xw < KW)[:, None, None]  # (full shape)
+    # scale word u of (warp w, row i) of the same chunk, one copy of the SW words for each t (its own)
+    SC: gl.constexpr = gl.BlockedLayout([1, 1, 1, SW], [1, 8, 4, 1], [KW, 1, 1, 1], [3, 2, 1, 0])
+    sw = gl.arange(0, KW, gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, SC))))
+    si = gl.arange(0, 16, gl.SliceLayout(0, gl.SliceLayout(2, gl.SliceLayout(3, SC))))
+    st4 = gl.arange(0, 4, gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, SC))))
+    su = gl.arange(0, SW, gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, SC))))
+    s_row = (nb * C + sw[:, None, None] * per) * 64 + 16 * j + si[None, :, None] + st4[None, None, :] * 0
+    s_off = s_row[:, :, :, None] * SW + su[None, None, None, :]
+    # x (warp w, k group g, token n, 8 k) of chunk w * per + step, 16 bytes a copy, only the first MC tokens (M
+    # rounded up to a power of 2; rows n >= M zero-filled), laid out as `_x_view` says. The MMA tile's tokens
+    # past MC are never written: their output columns depend on nothing else and are not stored.
+    XC: gl.constexpr = gl.BlockedLayout([1, 1, 1, 8], [1, 16, 2, 1], [KW, 1, 1, 1], [3, 1, 2, 0])  # lane: g + 16 n
+    xw = gl.arange(0, KW, gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, XC))))
+    xg = gl.arange(0, 16, gl.SliceLayout(0, gl.SliceLayout(2, gl.SliceLayout(3, XC))))
+    xn = gl.arange(0, MC, gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, XC))))
+    xe = gl.arange(0, 8, gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, XC))))
+    x_off = ((xw * per * 128)[:, None, None, None] + (xg * 8)[None, :, None, None]
+             + (xn * stride_xm)[None, None, :, None] + xe[None, None, None, :])
+    x_mask = (xn < M)[None, None, :, None] & (x_off >= 0)  # (full shape)
 
     w_s = gl.allocate_shared_memory(gl.int32, [S, KW, 16, 4, 4], gl.SwizzledSharedLayout(1, 1, 1, [3, 2, 1, 0]))
-    s_s = gl.allocate_shared_memory(gl.int32, [S * SW, KW, 16, 4], gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0]))
-    x_s = gl.allocate_shared_memory(gl.bfloat16, [S, KW, MP, 128], gl.SwizzledSharedLayout(8, 1, 8, [2, 1, 0]))
+    s_s = gl.allocate_shared_memory(gl.int32, [S, KW, 16, 4, SW], gl.SwizzledSharedLayout(1, 1, 1, [3, 2, 1, 0]))
+    x_s = gl.allocate_shared_memory(gl.bfloat16, [S, KW, 16, MP, 8], gl.SwizzledSharedLayout(1, 1, 1, [3, 2, 1, 0]))
     for pre in gl.static_range(S - 1):
-        _issue(w_ptr, s_ptr, x_ptr, w_s, s_s, x_s, pre, pre, per, w_off, s_off, x_off, x_mask, SW)
+        _issue(w_ptr, s_ptr, x_ptr, w_s, s_s, x_s, pre, pre, per, w_off, s_off, x_off, x_mask, SW, KW, MC, XW)
     v = wv[None, None, None, :]
     acc = gl.zeros((KW, 16, MP), gl.float32, MMA)
     # (Gluon's barrier pass adds a CTA barrier after each wait and before each refill: the warps step together)
     for step in range(per):
         _issue(w_ptr, s_ptr, x_ptr, w_s, s_s, x_s, (step + S - 1) % S, step + S - 1, per, w_off, s_off, x_off,
-               x_mask, SW)
+               x_mask, SW, KW, MC, XW)
         async_copy.wait_group(S - 1)
         cur = step % S
         w = w_s.index(cur).load(WL)
-        s0 = s_s.index(SW * cur).load(SL)[:, :, :, None]
-        s1 = s_s.index(SW * cur + 1).load(SL)[:, :, :, None] if NV else s0
+        sv = s_s.index(cur).load(SC)
+        if NV:
+            s0, s1 = gl.split(sv)
+        else:
+            s0 = gl.reshape(sv, [KW, 16, 4])
+            s1 = s0
+        s0 = gl.convert_layout(s0, SL)[:, :, :, None]
+        s1 = gl.convert_layout(s1, SL)[:, :, :, None]
         o0, o1, o2, o3, o4, o5, o6, o7 = decode_words(w, s0, s1, v, NV)
         a = gl.join(_stack4(o0, o2, o4, o6), _stack4(o1, o3, o5, o7))  # (KW, 16, t, v, m, b)
         a = gl.reshape(a, (KW, 16, 4, 4, 4, 2))
         a = gl.permute(a, (0, 1, 3, 4, 2, 5))  # k = 32 v + 8 m + 2 t + b
         a = gl.convert_layout(gl.reshape(a, (KW, 16, 128)), AL, assert_trivial=True)
-        xb = x_s.index(cur).permute((0, 2, 1)).load(BL)
+        xb = x_s.index(cur)._reinterpret(gl.bfloat16, [KW, 128, MP], XV).load(BL)
         acc = mma_v2(a, xb, acc)
     async_copy.wait_group(0)
     tot = gl.sum(acc, axis=0)  # (16, MP): the warps' K ranges
@@ -116,16 +138,41 @@ def _words_layout(kw: int):
     return gl.BlockedLayout([1, 1, 1, 4], [1, 8, 4, 1], [kw, 1, 1, 1], [3, 2, 1, 0])
 
 
+def _bits(n: int) -> list[int]:
+    """The powers of 2 below n (a power of 2): one layout basis each."""
+    return [1 << i for i in range(n.bit_length() - 1)]
+
+
+@functools.cache
+def _x_view(kw: int, mp: int):
+    """x's stage buffer as the (warp, k, token) B operand. A 128-byte line holds one token's 8-wide k groups
+    g = 8 h .. 8 h + 7, group g in the line's 16-byte slot (g mod 8) xor (token mod 8): ldmatrix's 8 tokens of a
+    group and the copies' 8 groups of a token both fall in 8 distinct slots (no bank conflicts). Offset bits,
+    low to high: k's low 3, the slot (k's next 3), the token (each bit also flips the slot), h, the warp."""
+    return gl.SharedLinearLayout([[0, b, 0] for b in (1, 2, 4, 8, 16, 32)]
+                                 + [[0, 8 * b if b < 8 else 0, b] for b in _bits(mp)]
+                                 + [[0, 64, 0]] + [[b, 0, 0] for b in _bits(kw)])
+
+
+@functools.cache
+def _x_copy_view(kw: int, mp: int, mc: int):
+    """The same buffer as the (warp, k group, token, 8 k) destination of copies of the first mc tokens: the
+    offset bits of tokens past mc map to no element (the copies never write them)."""
+    return gl.SharedLinearLayout([[0, 0, 0, b] for b in (1, 2, 4)] + [[0, b, 0, 0] for b in (1, 2, 4)]
+                                 + [[0, b if b < 8 else 0, b, 0] if b < mc else [0, 0, 0, 0] for b in _bits(mp)]
+                                 + [[0, 8, 0, 0]] + [[b, 0, 0, 0] for b in _bits(kw)])
+
+
 def fits(tw: TcWeight, rows: int) -> bool:
-    """Whether QuantLinear sends this product here rather than to `ws_gemv` (K a multiple of 128 WARPS): the
-    small weights, where `ws_gemv`'s cross-program K split costs the most, at up to 16 rows of x, and weights up
-    to MAX_N x MAX_K at up to 8 rows. On the H200 (BENCHMARKS.md, session 17) it took 9-17% less time than
-    `ws_gemv` at the Llama-3-8B qkv and o with one row (0-17% with 16), 16-22% at the 70B qkv with one row, was
-    within 4% at 70B o with 1-8 rows, and took longer at 70B o with 16 rows and at NVFP4 8B gate_up and down."""
+    """Whether QuantLinear sends this product here rather than to `ws_gemv` (K a multiple of 128 WARPS), by the
+    H200 A/B of session 18 (BENCHMARKS.md): weights of at most 2^25 values (Llama-3-8B qkv, o) at up to 16 rows
+    of x; up to 2^28 values (8B gate_up, down; 70B qkv, o, down) at up to 4 rows; up to MAX_N x MAX_K (70B qkv, o)
+    at up to 8. Outside these `ws_gemv` was as fast or faster (70B gate_up, NVFP4 at one row: 83.7 vs 82.0 us)."""
     N, K = tw.shape
     if rows > 16 or K % (CHUNK * WARPS):
         return False
-    return N * K <= SMALL_WEIGHTS or (rows <= 8 and N <= MAX_N and K <= MAX_K)
+    return (N * K <= SMALL_WEIGHTS or (rows <= 4 and N * K <= MID_WEIGHTS)
+            or (rows <= 8 and N <= MAX_N and K <= MAX_K))
 
 
 def _stages(K: int, warps: int) -> int:
@@ -145,9 +192,12 @@ def row_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tenso
     x = x.to(torch.bfloat16).contiguous()
     y = out if out is not None else torch.empty((M, N), dtype=torch.bfloat16, device=x.device)
     ra = tw.row_alpha
+    mp = 8 if M <= 8 else 16  # tokens in the MMA tile
+    mc = triton.next_power_of_2(M)  # tokens copied a step
     _row_gemv_kernel[(triton.cdiv(N, 64) * 4,)](
         x, tw.words, tw.scales.view(torch.int32), y, alpha * 2.0 ** tw.shift, y if ra is None else ra, M, N, K,
-        x.stride(0), y.stride(0), S=stages or _stages(K, warps), MP=8 if M <= 8 else 16, KW=warps,
-        NV=tw.spec.scale_dtype == "e4m3", ROW_ALPHA=ra is not None, WL=_words_layout(warps), num_warps=warps)
+        x.stride(0), y.stride(0), S=stages or _stages(K, warps), MP=mp, KW=warps,
+        NV=tw.spec.scale_dtype == "e4m3", ROW_ALPHA=ra is not None, WL=_words_layout(warps),
+        MC=mc, XV=_x_view(warps, mp), XW=_x_copy_view(warps, mp, mc), num_warps=warps)
     return y
 

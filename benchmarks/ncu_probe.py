@@ -7,6 +7,7 @@
     ncu --clock-control none -k regex:_rotate_quantize $S -c 4 python benchmarks/ncu_probe.py rq triton
     ncu --clock-control none -k regex:_rq_kernel $S -c 4 python benchmarks/ncu_probe.py rq gluon
     ncu --clock-control none -k regex:_ws_gemv $S -c 6 python benchmarks/ncu_probe.py ws '{"stages": 4}'
+    ncu --clock-control none -k regex:_row_gemv $S -c 6 python benchmarks/ncu_probe.py row
 """
 import os
 import sys
@@ -34,12 +35,14 @@ def decode_gemm_launches(gemm):
 
 if sys.argv[1:] == ["tc"]:
     decode_gemm_launches(tc_gemv)
-elif sys.argv[1:2] == ["ws"]:  # the warp-specialized decode GEMM; kwargs as JSON in argv[2]
+elif sys.argv[1:2] in (["ws"], ["row"]):  # the warp-specialized or row-split decode GEMM; kwargs as JSON in argv[2]
     import json
 
+    from mrgptq.kernels.rowgemv import row_gemv
     from mrgptq.kernels.wsgemv import ws_gemv
     kw = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
-    decode_gemm_launches(lambda x, tw, alpha: ws_gemv(x, tw, alpha, **kw))
+    gemm = ws_gemv if sys.argv[1] == "ws" else row_gemv
+    decode_gemm_launches(lambda x, tw, alpha: gemm(x, tw, alpha, **kw))
 elif sys.argv[1:2] == ["rq"]:  # argv[2]: the kernel (gluon, triton; default: rotate_quantize's choice)
     x = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
     for fmt, block in (("mxfp4", 32), ("nvfp4", 16)):
@@ -48,5 +51,5 @@ elif sys.argv[1:2] == ["rq"]:  # argv[2]: the kernel (gluon, triton; default: ro
         for _ in range(2):
             rotate_quantize(x, spec, block, global_scale=gs, kernel=(sys.argv[2:] or [None])[0])
 else:
-    sys.exit("usage: python benchmarks/ncu_probe.py tc|rq|ws [JSON kwargs]")
+    sys.exit("usage: python benchmarks/ncu_probe.py tc|rq|ws|row [JSON kwargs]")
 torch.cuda.synchronize()

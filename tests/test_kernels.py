@@ -347,6 +347,44 @@ def test_row_split_decode_gemm(fmt, M):
         row_gemv(x, tw, warps=8)
 
 
+def _offsets(layout):
+    """logical coordinates -> element offset of a Gluon SharedLinearLayout (each offset bit's basis XORed in);
+    the smallest offset where several share a coordinate (the bits mapped to nothing left 0)."""
+    out = {}
+    for off in range(1 << len(layout.offset_bases)):
+        c = [0] * len(layout.offset_bases[0])
+        for i, b in enumerate(layout.offset_bases):
+            if off >> i & 1:
+                c = [u ^ v for u, v in zip(c, b)]
+        out.setdefault(tuple(c), off)
+    return out
+
+
+@pytest.mark.parametrize("kw,mp", [(4, 8), (4, 16), (2, 8), (8, 16)])
+def test_row_gemv_x_buffer_views_agree_and_have_no_bank_conflicts(kw, mp):
+    """rowgemv writes x through one view (warp, k group, token < mc, 8 k) and reads it as the B operand through
+    another (warp, k, token): every copied element must be read back where it was written, and both the copies'
+    8 groups of a token and ldmatrix's 8 tokens of a group must fall in 8 distinct 16-byte slots of 128 bytes."""
+    pytest.importorskip("triton.experimental.gluon")
+    from mrgptq.kernels.rowgemv import _x_copy_view, _x_view
+
+    read = _offsets(_x_view(kw, mp))
+    assert len(read) == kw * 128 * mp  # one element per offset
+    for mc in (m for m in (1, 2, 4, 8, 16) if m <= mp):
+        write = _offsets(_x_copy_view(kw, mp, mc))
+        assert len(write) == kw * 16 * mc * 8
+        for (w, g, n, e), off in write.items():
+            assert n < mc and read[(w, 8 * g + e, n)] == off
+        for w in range(kw):
+            for n in range(mc):
+                for h in (0, 8):
+                    assert len({write[(w, g + h, n, 0)] // 8 % 8 for g in range(8)}) == 8
+    for w in range(kw):
+        for g in range(16):
+            for n0 in range(0, mp, 8):
+                assert len({read[(w, 8 * g, n0 + n)] // 8 % 8 for n in range(8)}) == 8
+
+
 def test_tc_pack_refuses_what_it_cannot_hold():
     q, wp, ws, _ = _weights("mxfp4", 64, 256, seed=0)
     big = ws.clone()

@@ -76,6 +76,16 @@ def packed_weights(fmt, N, K, n, dev):
     return q, bufs, alpha, formats.dequantize(q).to(torch.bfloat16)
 
 
+def tc_weights(fmt, N, K, dev="cuda"):
+    """`packed_weights` in enough rotating copies to stream from HBM (`copies`), each also re-laid for the
+    tensor-core decode GEMMs: (q, packed copies, `tc_pack`ed copies, alpha, dequantized, number of copies)."""
+    from mrgptq.kernels.tcgemv import tc_pack
+
+    n = copies(N * K // 2)
+    q, bufs, alpha, wdq = packed_weights(fmt, N, K, n, dev)
+    return q, bufs, [tc_pack(*b, q.spec) for b in bufs], alpha, wdq, n
+
+
 def w4a16_rows(shapes, ms, dev, names=None):
     """The W4A16 kernels (tensor-core decode GEMM `tc`, its warp-specialized form `ws` and the row-split `row`
     (M <= 16, Hopper; `dispatch`: the one of the two QuantLinear picks), CUDA-core GEMV, tile GEMM) against
@@ -83,7 +93,7 @@ def w4a16_rows(shapes, ms, dev, names=None):
     from mrgptq.kernels.gemm import fp4_matmul
     from mrgptq.kernels.gemv import fp4_gemv
     from mrgptq.kernels import hopper_decode, ws_enabled
-    from mrgptq.kernels.tcgemv import tc_gemv, tc_pack
+    from mrgptq.kernels.tcgemv import tc_gemv
     ws_ok = ws_enabled(torch.device(dev))
 
     def kernels(x, q, bufs, tcb, alpha):
@@ -103,12 +113,10 @@ def w4a16_rows(shapes, ms, dev, names=None):
 
     rows = []
     for name, (N, K) in shapes.items():
-        n_w = copies(N * K // 2)
         n_b = copies(N * K * 2)
         wb = [torch.randn(N, K, device=dev, dtype=torch.bfloat16) for _ in range(min(n_b, 8))]
         for fmt in ("mxfp4", "nvfp4"):
-            q, bufs, alpha, wdq = packed_weights(fmt, N, K, n_w, dev)
-            tcb = [tc_pack(*b, q.spec) for b in bufs]
+            q, bufs, tcb, alpha, wdq, n_w = tc_weights(fmt, N, K, dev)
             for M in ms:
                 x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
                 t_bf16 = bench(lambda i: x @ wb[i % len(wb)].T, len(wb))

@@ -20,7 +20,6 @@ import kernels as kb
 
 import mrgptq.kernels
 from mrgptq.kernels.rowgemv import row_gemv
-from mrgptq.kernels.tcgemv import tc_pack
 from mrgptq.kernels.wsgemv import ws_gemv
 
 ap = argparse.ArgumentParser()
@@ -40,9 +39,7 @@ rows = []
 for fmt in ("mxfp4", "nvfp4"):
     for name in args.linears.split(","):
         N, K = kb.SHAPES[name]
-        n_w = kb.copies(N * K // 2)
-        q, bufs, alpha, wdq = kb.packed_weights(fmt, N, K, n_w, "cuda")
-        tcb = [tc_pack(*b, q.spec) for b in bufs]
+        q, bufs, tcb, alpha, wdq, n_w = kb.tc_weights(fmt, N, K)
         for M in map(int, args.m.split(",")):
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
             ref = x.float() @ wdq.float().T

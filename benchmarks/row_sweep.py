@@ -17,7 +17,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 import kernels as kb
 
 from mrgptq.kernels.rowgemv import row_gemv
-from mrgptq.kernels.tcgemv import tc_pack
 from mrgptq.kernels.wsgemv import ws_gemv
 
 ap = argparse.ArgumentParser()
@@ -32,9 +31,7 @@ kb.GRAPHS = True
 rows = []
 for fmt in args.fmt.split(","):
     for name, (N, K) in [(k, v) for k, v in kb.SHAPES.items() if args.b70 or k.startswith("8B")]:
-        n_w = kb.copies(N * K // 2)
-        q, bufs, alpha, wdq = kb.packed_weights(fmt, N, K, n_w, "cuda")
-        tcb = [tc_pack(*b, q.spec) for b in bufs]
+        q, bufs, tcb, alpha, wdq, n_w = kb.tc_weights(fmt, N, K)
         for M in map(int, args.m.split(",")):
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
             ref = x.float() @ wdq.float().T

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import kernels as kb
 
 from mrgptq.kernels.gemm import _sm_count
-from mrgptq.kernels.tcgemv import _pick, tc_gemv, tc_pack
+from mrgptq.kernels.tcgemv import _pick, tc_gemv
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--m", type=int, default=1, help="rows of x (tokens)")
@@ -45,12 +45,10 @@ tiles_cfgs = [(64, 16, 1, 4), (64, 16, 2, 4), (128, 16, 2, 4)]  # (BN, BW, PF, w
 if args.wide:
     tiles_cfgs += [(64, 32, 1, 4), (64, 32, 2, 4), (64, 64, 1, 4), (128, 32, 1, 8), (128, 16, 1, 8)]
 for name, (N, K) in list(kb.SHAPES.items())[:4]:
-    n_w = kb.copies(N * K // 2)
     x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
     t_bf16 = kb.bf16_time(x, N, K)
     for fmt in args.fmts.split(","):
-        q, bufs, alpha, wdq = kb.packed_weights(fmt, N, K, n_w, "cuda")
-        tcb = [tc_pack(*b, q.spec) for b in bufs]
+        q, bufs, tcb, alpha, wdq, n_w = kb.tc_weights(fmt, N, K)
         ref = x.float() @ wdq.float().T
         res = {}
         for bn, bw, pf, warps in tiles_cfgs:

@@ -21,7 +21,6 @@ import kernels as kb
 
 from mrgptq.errors import MrgptqError
 from mrgptq.kernels import wsgemv
-from mrgptq.kernels.tcgemv import tc_pack
 
 DECODE = """                a = _decode_step(w_bufs, s_bufs, st * KB + j, v, AL, WL, NV)
                 acc = warpgroup_mma(a, x_bufs.index(st * KB + j).permute((1, 0)), acc)"""
@@ -56,10 +55,8 @@ def main():
     mods = variants()
     rows = []
     for name, (N, K) in [(k, v) for k, v in kb.SHAPES.items() if k.startswith("8B")]:
-        n_w = kb.copies(N * K // 2)
         x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
-        q, bufs, alpha, _ = kb.packed_weights(args.fmt, N, K, n_w, "cuda")
-        tcb = [tc_pack(*b, q.spec) for b in bufs]
+        _, _, tcb, alpha, _, n_w = kb.tc_weights(args.fmt, N, K)
         res = {"bf16": kb.bf16_time(x, N, K)}
         for k, m in mods.items():
             res[k] = kb.bench(lambda i, m=m, x=x, tcb=tcb, alpha=alpha: m.ws_gemv(x, tcb[i], alpha), n_w) * 1e6

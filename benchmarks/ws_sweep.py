@@ -24,7 +24,7 @@ import kernels as kb
 
 from mrgptq.kernels.gemm import _sm_count
 from mrgptq.kernels.quantize import rotate
-from mrgptq.kernels.tcgemv import tc_gemv, tc_pack
+from mrgptq.kernels.tcgemv import tc_gemv
 from mrgptq.kernels.wsgemv import ws_gemv
 
 
@@ -72,11 +72,9 @@ sms = _sm_count(torch.device("cuda"))
 rows = []
 for fmt, M in [(f, int(m)) for f in args.fmt.split(",") for m in args.m.split(",")]:
     for name, (N, K) in [(k, v) for k, v in kb.SHAPES.items() if args.b70 or k.startswith("8B")]:
-        n_w = kb.copies(N * K // 2)
         x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
         t_bf16 = kb.bf16_time(x, N, K)
-        q, bufs, alpha, wdq = kb.packed_weights(fmt, N, K, n_w, "cuda")
-        tcb = [tc_pack(*b, q.spec) for b in bufs]
+        q, bufs, tcb, alpha, wdq, n_w = kb.tc_weights(fmt, N, K)
         ref = x.float() @ wdq.float().T
         t_tc = kb.bench(lambda i: tc_gemv(x, tcb[i], alpha), n_w) * 1e6
         res, bad = {}, []

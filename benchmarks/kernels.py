@@ -58,6 +58,25 @@ def copies(nbytes):
     return max(2, math.ceil(4 * L2_BYTES / max(nbytes, 1)))
 
 
+def text_variants(module, edits):
+    """Throwaway copies of a kernel module with text edits (ablations): {name: imported module}, each built from
+    module's source with its relative imports made absolute and `edits[name]` (source -> source) applied, in a
+    temp dir; nothing in src/ changes."""
+    import importlib.util
+    import tempfile
+
+    src = Path(module.__file__).read_text()
+    src = src.replace("from ..errors", "from mrgptq.errors").replace("from .", "from mrgptq.kernels.")
+    tmp, mods = Path(tempfile.mkdtemp()), {}
+    for i, (name, edit) in enumerate(edits.items()):
+        path = tmp / f"variant{i}.py"
+        path.write_text(edit(src))
+        spec = importlib.util.spec_from_file_location(f"variant{i}", path)
+        mods[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mods[name])
+    return mods
+
+
 def bf16_time(x, N, K):
     """Microseconds of cuBLAS x W^T for a bf16 (N, K) weight, rotating copies past L2."""
     wb = [torch.randn(N, K, device=x.device, dtype=torch.bfloat16) for _ in range(min(copies(N * K * 2), 8))]

@@ -7,11 +7,9 @@ dir (the removed parts' results are discarded; nothing in src/ changes).
     python benchmarks/ws_ablate.py [--fmt mxfp4] [--json out/ws_ablate.json]
 """
 import argparse
-import importlib.util
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -32,18 +30,15 @@ def variants():
     src = Path(wsgemv.__file__).read_text()
     if DECODE not in src or FLUSH not in src:
         raise SystemExit("ws_ablate.py: kernels/wsgemv.py changed; update the text this script removes")
-    src = src.replace("from ..errors", "from mrgptq.errors").replace("from .", "from mrgptq.kernels.")
-    texts = {"shipped": src, "no flush": src.replace(FLUSH, NO_FLUSH), "no decode": src.replace(DECODE, "                pass")}
-    texts["loads only"] = texts["no decode"].replace(FLUSH, NO_FLUSH)
-    tmp = Path(tempfile.mkdtemp())
-    mods = {}
-    for i, (name, text) in enumerate(texts.items()):
-        path = tmp / f"wsx{i}.py"
-        path.write_text(text)
-        spec = importlib.util.spec_from_file_location(f"wsx{i}", path)
-        mods[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mods[name])
-    return mods
+
+    def no_flush(t):
+        return t.replace(FLUSH, NO_FLUSH)
+
+    def no_decode(t):
+        return t.replace(DECODE, "                pass")
+
+    return kb.text_variants(wsgemv, {"shipped": lambda t: t, "no flush": no_flush, "no decode": no_decode,
+                                     "loads only": lambda t: no_flush(no_decode(t))})
 
 
 def main():

@@ -362,19 +362,23 @@ def _offsets(layout):
 
 @pytest.mark.parametrize("kw,mp", [(4, 8), (4, 16), (2, 8), (8, 16)])
 def test_row_gemv_x_buffer_views_agree_and_have_no_bank_conflicts(kw, mp):
-    """rowgemv writes x through one view (warp, k group, token < mc, 8 k) and reads it as the B operand through
-    another (warp, k, token): every copied element must be read back where it was written, and both the copies'
-    8 groups of a token and ldmatrix's 8 tokens of a group must fall in 8 distinct 16-byte slots of 128 bytes."""
+    """rowgemv writes a stage of x's first mc tokens through one view (warp, k group, token, 8 k) and reads it as
+    the B operand of mp tokens through another (warp, k, token): every copied element must be read back where it
+    was written, the tile's tokens past mc must read only bytes past the stage's (its output columns past mc are
+    discarded, so any bytes will do), and both the copies' 8 groups of a token and ldmatrix's 8 tokens of a group
+    must fall in 8 distinct 16-byte slots of 128 bytes."""
     pytest.importorskip("triton.experimental.gluon")
     from mrgptq.kernels.rowgemv import _x_copy_view, _x_view
 
     read = _offsets(_x_view(kw, mp))
     assert len(read) == kw * 128 * mp  # one element per offset
     for mc in (m for m in (1, 2, 4, 8, 16) if m <= mp):
-        write = _offsets(_x_copy_view(kw, mp, mc))
-        assert len(write) == kw * 16 * mc * 8
+        write = _offsets(_x_copy_view(kw, mc))
+        stage = kw * 128 * mc
+        assert len(write) == stage and set(write.values()) == set(range(stage))
         for (w, g, n, e), off in write.items():
-            assert n < mc and read[(w, 8 * g + e, n)] == off
+            assert read[(w, 8 * g + e, n)] == off
+        assert all(off >= stage for (_, _, n), off in read.items() if n >= mc)
         for w in range(kw):
             for n in range(mc):
                 for h in (0, 8):

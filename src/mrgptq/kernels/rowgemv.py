@@ -12,7 +12,9 @@ Every warp streams its range through a ring of S stages with cp.async: 16-byte c
 8-wide k groups, one copy of its rows' scale word(s) (4 or 8 bytes); the decode is `tcgemv`'s PTX
 (`wsgemv.decode_words`). Only x's M real tokens are copied (M rounded up to a power of 2), into a layout with
 no bank conflicts (`_x_view`): copying all 8 tokens of the MMA tile at M = 1, as session 17 did, cost 8B gate_up
-24.5 against 23.2 us and down 15.4 against 14.3 (MXFP4, H200, session 18).
+24.5 against 23.2 us and down 15.4 against 14.3 (MXFP4, H200, session 18). A stage's x buffer holds only those
+tokens (1 KB at one row, was 8 KB): a program of 2 stages takes 19 KB of shared memory instead of 26, one of 4
+stages 31 KB instead of 52 (MXFP4). At the default depths that changed no time (session 19).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
 from ..errors import MrgptqError
+from .gemm import _sm_count
 from .tcgemv import CHUNK, TcWeight
 from .wsgemv import _stack4, decode_words
 
@@ -80,8 +83,9 @@ def _row_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, alpha, ra_ptr, M, N, K, stride_
     s_row = (nb * C + sw[:, None, None] * per) * 64 + 16 * j + si[None, :, None] + st4[None, None, :] * 0
     s_off = s_row[:, :, :, None] * SW + su[None, None, None, :]
     # x (warp w, k group g, token n, 8 k) of chunk w * per + step, 16 bytes a copy, only the first MC tokens (M
-    # rounded up to a power of 2; rows n >= M zero-filled), laid out as `_x_view` says. The MMA tile's tokens
-    # past MC are never written: their output columns depend on nothing else and are not stored.
+    # rounded up to a power of 2; rows n >= M zero-filled), laid out as `_x_view` says. A stage holds just those
+    # MC tokens; the MMA tile's tokens past MC read the next stages' (or the padding's) bytes: their output
+    # columns depend on nothing else and are not stored.
     XC: gl.constexpr = gl.BlockedLayout([1, 1, 1, 8], [1, 16, 2, 1], [KW, 1, 1, 1], [3, 1, 2, 0])  # lane: g + 16 n
     xw = gl.arange(0, KW, gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, XC))))
     xg = gl.arange(0, 16, gl.SliceLayout(0, gl.SliceLayout(2, gl.SliceLayout(3, XC))))
@@ -93,7 +97,9 @@ def _row_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, alpha, ra_ptr, M, N, K, stride_
 
     w_s = gl.allocate_shared_memory(gl.int32, [S, KW, 16, 4, 4], gl.SwizzledSharedLayout(1, 1, 1, [3, 2, 1, 0]))
     s_s = gl.allocate_shared_memory(gl.int32, [S, KW, 16, 4, SW], gl.SwizzledSharedLayout(1, 1, 1, [3, 2, 1, 0]))
-    x_s = gl.allocate_shared_memory(gl.bfloat16, [S, KW, 16, MP, 8], gl.SwizzledSharedLayout(1, 1, 1, [3, 2, 1, 0]))
+    # S stages of MC tokens, and room for the last stage's reads of the MMA tile's tokens past MC
+    x_s = gl.allocate_shared_memory(gl.bfloat16, [S + MP // MC - 1, KW, 16, MC, 8],
+                                    gl.SwizzledSharedLayout(1, 1, 1, [3, 2, 1, 0]))
     for pre in gl.static_range(S - 1):
         _issue(w_ptr, s_ptr, x_ptr, w_s, s_s, x_s, pre, pre, per, w_off, s_off, x_off, x_mask, SW, KW, MC, XW)
     v = wv[None, None, None, :]
@@ -108,11 +114,11 @@ def _row_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, alpha, ra_ptr, M, N, K, stride_
         sv = s_s.index(cur).load(SC)
         if NV:
             s0, s1 = gl.split(sv)
+            s0 = gl.convert_layout(s0, SL)[:, :, :, None]
+            s1 = gl.convert_layout(s1, SL)[:, :, :, None]
         else:
-            s0 = gl.reshape(sv, [KW, 16, 4])
+            s0 = gl.convert_layout(gl.reshape(sv, [KW, 16, 4]), SL)[:, :, :, None]
             s1 = s0
-        s0 = gl.convert_layout(s0, SL)[:, :, :, None]
-        s1 = gl.convert_layout(s1, SL)[:, :, :, None]
         o0, o1, o2, o3, o4, o5, o6, o7 = decode_words(w, s0, s1, v, NV)
         a = gl.join(_stack4(o0, o2, o4, o6), _stack4(o1, o3, o5, o7))  # (KW, 16, t, v, m, b)
         a = gl.reshape(a, (KW, 16, 4, 4, 4, 2))
@@ -148,19 +154,20 @@ def _x_view(kw: int, mp: int):
     """x's stage buffer as the (warp, k, token) B operand. A 128-byte line holds one token's 8-wide k groups
     g = 8 h .. 8 h + 7, group g in the line's 16-byte slot (g mod 8) xor (token mod 8): ldmatrix's 8 tokens of a
     group and the copies' 8 groups of a token both fall in 8 distinct slots (no bank conflicts). Offset bits,
-    low to high: k's low 3, the slot (k's next 3), the token (each bit also flips the slot), h, the warp."""
-    return gl.SharedLinearLayout([[0, b, 0] for b in (1, 2, 4, 8, 16, 32)]
-                                 + [[0, 8 * b if b < 8 else 0, b] for b in _bits(mp)]
-                                 + [[0, 64, 0]] + [[b, 0, 0] for b in _bits(kw)])
+    low to high: k's low 3, the slot (k's next 3), h, the warp, the token (each bit also flips the slot). The
+    token bits are the top ones, so a stage of mc tokens is the first mc / mp of this view's bytes: its other
+    tokens read the bytes that follow."""
+    return gl.SharedLinearLayout([[0, b, 0] for b in (1, 2, 4, 8, 16, 32)] + [[0, 64, 0]]
+                                 + [[b, 0, 0] for b in _bits(kw)]
+                                 + [[0, 8 * b if b < 8 else 0, b] for b in _bits(mp)])
 
 
 @functools.cache
-def _x_copy_view(kw: int, mp: int, mc: int):
-    """The same buffer as the (warp, k group, token, 8 k) destination of copies of the first mc tokens: the
-    offset bits of tokens past mc map to no element (the copies never write them)."""
+def _x_copy_view(kw: int, mc: int):
+    """A stage of mc tokens as the (warp, k group, token, 8 k) destination of the copies, laid out as `_x_view`."""
     return gl.SharedLinearLayout([[0, 0, 0, b] for b in (1, 2, 4)] + [[0, b, 0, 0] for b in (1, 2, 4)]
-                                 + [[0, b if b < 8 else 0, b, 0] if b < mc else [0, 0, 0, 0] for b in _bits(mp)]
-                                 + [[0, 8, 0, 0]] + [[b, 0, 0, 0] for b in _bits(kw)])
+                                 + [[0, 8, 0, 0]] + [[b, 0, 0, 0] for b in _bits(kw)]
+                                 + [[0, b if b < 8 else 0, b, 0] for b in _bits(mc)])
 
 
 def fits(tw: TcWeight, rows: int) -> bool:
@@ -175,10 +182,12 @@ def fits(tw: TcWeight, rows: int) -> bool:
             or (rows <= 8 and N <= MAX_N and K <= MAX_K))
 
 
-def _stages(K: int, warps: int) -> int:
-    """Ring depth: 2 up to 16 k chunks a warp (ramp-up dominates), else 4 (H200 sweep: 8B down 4 x 4 15.5 us
-    against 17.2 us at 2 x 4; 2 stages were the fastest or within 3% at every K <= 8192 linear)."""
-    return 2 if K // (CHUNK * warps) <= 16 else 4
+def _stages(K: int, warps: int, programs: int, mc: int, sms: int) -> int:
+    """Ring depth: 4 where a warp has more than 16 k chunks (H200: 8B down 14.4 us against 17.0 at 2), or where
+    at most 4 tokens are copied and there are at most 3 programs an SM, so that the deeper ring costs no
+    residency (8B o at one row 6.2 against 6.6 us, qkv 7.5 against 7.7); else 2 (8B gate_up's 1792 programs:
+    23.3 against 24.6 us at 4; at 16 tokens 8B qkv 9.8 against 14.1). BENCHMARKS.md, session 19."""
+    return 4 if K // (CHUNK * warps) > 16 or (mc <= 4 and programs <= 3 * sms) else 2
 
 
 def row_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tensor | None = None,
@@ -194,10 +203,12 @@ def row_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tenso
     ra = tw.row_alpha
     mp = 8 if M <= 8 else 16  # tokens in the MMA tile
     mc = triton.next_power_of_2(M)  # tokens copied a step
-    _row_gemv_kernel[(triton.cdiv(N, 64) * 4,)](
+    programs = triton.cdiv(N, 64) * 4
+    stages = stages or _stages(K, warps, programs, mc, _sm_count(x.device))
+    _row_gemv_kernel[(programs,)](
         x, tw.words, tw.scales.view(torch.int32), y, alpha * 2.0 ** tw.shift, y if ra is None else ra, M, N, K,
-        x.stride(0), y.stride(0), S=stages or _stages(K, warps), MP=mp, KW=warps,
+        x.stride(0), y.stride(0), S=stages, MP=mp, KW=warps,
         NV=tw.spec.scale_dtype == "e4m3", ROW_ALPHA=ra is not None, WL=_words_layout(warps),
-        MC=mc, XV=_x_view(warps, mp), XW=_x_copy_view(warps, mp, mc), num_warps=warps)
+        MC=mc, XV=_x_view(warps, mp), XW=_x_copy_view(warps, mc), num_warps=warps)
     return y
 

@@ -22,6 +22,13 @@ SHAPES = {  # (N, K) of y = x W^T
     "8B qkv": (6144, 4096), "8B o": (4096, 4096), "8B gate_up": (28672, 4096), "8B down": (4096, 14336),
     "70B qkv": (10240, 8192), "70B o": (8192, 8192), "70B gate_up": (57344, 8192), "70B down": (8192, 28672),
 }
+
+
+def linears(with_70b=False):
+    """(name, (N, K)) of the Llama-3-8B linears in SHAPES, and the 70B ones too if asked."""
+    return [(k, v) for k, v in SHAPES.items() if with_70b or k.startswith("8B")]
+
+
 L2_BYTES = 50 * 2**20
 
 

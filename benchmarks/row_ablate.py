@@ -49,7 +49,7 @@ def main():
     mods = variants()
     rows = []
     for fmt in args.fmt.split(","):
-        for name, (N, K) in [(k, v) for k, v in kb.SHAPES.items() if args.b70 or k.startswith("8B")]:
+        for name, (N, K) in kb.linears(args.b70):
             _, _, tcb, alpha, _, n_w = kb.tc_weights(fmt, N, K)
             for M in map(int, args.m.split(",")):
                 x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)

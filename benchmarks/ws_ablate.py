@@ -49,7 +49,7 @@ def main():
     kb.GRAPHS = True
     mods = variants()
     rows = []
-    for name, (N, K) in [(k, v) for k, v in kb.SHAPES.items() if k.startswith("8B")]:
+    for name, (N, K) in kb.linears():
         x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
         _, _, tcb, alpha, _, n_w = kb.tc_weights(args.fmt, N, K)
         res = {"bf16": kb.bf16_time(x, N, K)}

@@ -71,7 +71,7 @@ sms = _sm_count(torch.device("cuda"))
 
 rows = []
 for fmt, M in [(f, int(m)) for f in args.fmt.split(",") for m in args.m.split(",")]:
-    for name, (N, K) in [(k, v) for k, v in kb.SHAPES.items() if args.b70 or k.startswith("8B")]:
+    for name, (N, K) in kb.linears(args.b70):
         x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
         t_bf16 = kb.bf16_time(x, N, K)
         q, bufs, tcb, alpha, wdq, n_w = kb.tc_weights(fmt, N, K)

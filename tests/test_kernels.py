@@ -348,15 +348,15 @@ def test_row_split_decode_gemm(fmt, M):
 
 
 def _offsets(layout):
-    """logical coordinates -> element offset of a Gluon SharedLinearLayout (each offset bit's basis XORed in);
-    the smallest offset where several share a coordinate (the bits mapped to nothing left 0)."""
+    """logical coordinates -> element offset of a Gluon SharedLinearLayout (each offset bit's basis XORed in); a
+    coordinate two offsets share keeps the last (the callers' size checks then fail)."""
     out = {}
     for off in range(1 << len(layout.offset_bases)):
         c = [0] * len(layout.offset_bases[0])
         for i, b in enumerate(layout.offset_bases):
             if off >> i & 1:
                 c = [u ^ v for u, v in zip(c, b)]
-        out.setdefault(tuple(c), off)
+        out[tuple(c)] = off
     return out
 
 

@@ -325,21 +325,31 @@ def test_row_split_decode_gemm(fmt, M):
     """16 weight rows a program, K split over its warps and summed in shared memory: within bf16 rounding of the
     dequantized reference for ring depths 2-4 and 2, 4 or 8 warps (partial 64-row blocks, N = 100; 1-16 rows,
     so copies of 1, 2, 4, 8 and 16 tokens, zero-filled past M, into 8- and 16-token tiles), every output written,
-    the same bits twice; what it cannot take is refused."""
+    the same bits twice, and at 4 warps the same bits at every depth and with the loop's CTA barriers kept; what
+    it cannot take is refused. The loop's barriers were made warp barriers (warpbarrier.py)."""
     from mrgptq.errors import MrgptqError
-    from mrgptq.kernels.rowgemv import fits, row_gemv
+    from mrgptq.kernels.rowgemv import _row_gemv_kernel, fits, row_gemv
+    from mrgptq.kernels.warpbarrier import MARKER
 
     for i, (N, K) in enumerate(TC_SHAPES):
         q, wp, ws, wdq = _weights(fmt, N, K, seed=70 + i)
         tw = tc_pack(wp, ws, q.spec)
         x = student_t((M, K), seed=M + 11).to(torch.bfloat16).to(DEV)
         ref = x.float() @ wdq.T
-        for kw in ({}, {"stages": 3}, {"stages": 4, "warps": 2}, {"stages": 2, "warps": 8}):
+        for kw in ({}, {"stages": 3}, {"stages": 4, "warps": 2}, {"stages": 2, "warps": 8}, {"warp_barriers": False}):
             if K % (128 * kw.get("warps", 4)):
                 continue
             y = row_gemv(x, tw, _alpha(q), out=poisoned((M, N), torch.bfloat16), **kw)
             _close(y, ref)
             assert torch.equal(y, row_gemv(x, tw, _alpha(q), **kw)), (N, K, M, kw)
+            if not kw:
+                y_default = y
+            elif "warps" not in kw:  # neither the ring's depth nor the barriers change the order of the sums
+                assert torch.equal(y, y_default), (N, K, M, kw)
+    ptx = [k.asm["ptx"] for cache in _row_gemv_kernel.device_caches.values() for k in cache[0].values()]
+    marked = [p for p in ptx if MARKER in p]
+    assert marked and all("bar.warp.sync" in p for p in marked)  # the hook ran on every marked build
+    assert all("bar.warp.sync" not in p for p in ptx if MARKER not in p)
     assert fits(tw, 16) and not fits(tw, 17)
     with pytest.raises(MrgptqError, match="at most 16 rows"):
         row_gemv(student_t((17, K), seed=1).to(torch.bfloat16).to(DEV), tw)
@@ -365,8 +375,9 @@ def test_row_gemv_x_buffer_views_agree_and_have_no_bank_conflicts(kw, mp):
     """rowgemv writes a stage of x's first mc tokens through one view (warp, k group, token, 8 k) and reads it as
     the B operand of mp tokens through another (warp, k, token): every copied element must be read back where it
     was written, the tile's tokens past mc must read only bytes past the stage's (its output columns past mc are
-    discarded, so any bytes will do), and both the copies' 8 groups of a token and ldmatrix's 8 tokens of a group
-    must fall in 8 distinct 16-byte slots of 128 bytes."""
+    discarded, so any bytes will do) and only bytes its own warp copies (so a warp barrier orders all the loop
+    needs: warpbarrier.py), and both the copies' 8 groups of a token and ldmatrix's 8 tokens of a group must fall
+    in 8 distinct 16-byte slots of 128 bytes."""
     pytest.importorskip("triton.experimental.gluon")
     from mrgptq.kernels.rowgemv import _x_copy_view, _x_view
 
@@ -379,6 +390,8 @@ def test_row_gemv_x_buffer_views_agree_and_have_no_bank_conflicts(kw, mp):
         for (w, g, n, e), off in write.items():
             assert read[(w, 8 * g + e, n)] == off
         assert all(off >= stage for (_, _, n), off in read.items() if n >= mc)
+        owner = {off: w for (w, _, _, _), off in write.items()}
+        assert all(owner[off % stage] == w for (w, _, _), off in read.items())
         for w in range(kw):
             for n in range(mc):
                 for h in (0, 8):
@@ -387,6 +400,65 @@ def test_row_gemv_x_buffer_views_agree_and_have_no_bank_conflicts(kw, mp):
         for g in range(16):
             for n0 in range(0, mp, 8):
                 assert len({read[(w, 8 * g, n0 + n)] // 8 % 8 for n in range(8)}) == 8
+
+
+PTX = """\t bar.sync \t0;
+$L__BB0_1:
+\tbar.sync \t0;
+$L__BB0_2:
+\tbar.sync \t0;
+\tcp.async.wait_group \t1;
+\tbar.sync \t0;
+{mark}
+\t@%p1 bra \t$L__BB0_2;
+\tbar.sync \t0;
+\t@%p2 bra \t$L__BB0_1;
+\tbar.sync \t0;
+{late}"""
+
+
+def test_warp_barriers_rewrite_only_the_marked_loop():
+    """warpbarrier.warp_barriers turns the CTA barriers of the innermost loop around the marker into warp barriers
+    and nothing else: not those before, after or in an outer loop, and nothing at all without a marker or with
+    one outside every loop (those kernels keep the always-correct CTA barrier)."""
+    pytest.importorskip("triton.experimental.gluon")
+    from mrgptq.kernels.warpbarrier import MARKER, warp_barriers
+
+    line = f"\tmov.b32 %r1, %r2; // {MARKER}"
+    out = warp_barriers(PTX.format(mark=line, late="")).split("\n")
+    changed = [i for i, (a, b) in enumerate(zip(PTX.format(mark=line, late="").split("\n"), out)) if a != b]
+    assert changed == [4, 6] and all(out[i] == "\tbar.warp.sync \t-1;" for i in changed)
+    for ptx in (PTX.format(mark="", late=""), PTX.format(mark="", late=line), PTX.format(mark=line, late=line)):
+        assert warp_barriers(ptx) == ptx
+
+
+def test_warp_barrier_hook_chains_and_rewrites(monkeypatch):
+    """install() puts the rewrite after the hook already in Triton's knob (which still runs, and still gives its
+    part of the cache key where Triton asks for one), once per process, and wraps only the PTX stage."""
+    pytest.importorskip("triton.experimental.gluon")
+    from triton import knobs
+
+    from mrgptq.kernels import warpbarrier
+
+    calls = []
+
+    def previous(*args):
+        calls.append(len(args))
+        return ("prev-key", "prev-hash") if not args else None
+
+    monkeypatch.setattr(knobs.runtime, "add_stages_inspection_hook", previous)
+    monkeypatch.setattr(warpbarrier, "_installed", False)
+    warpbarrier.install()
+    hook = knobs.runtime.add_stages_inspection_hook
+    warpbarrier.install()
+    assert knobs.runtime.add_stages_inspection_hook is hook is not previous
+    key, digest = hook()
+    assert key.startswith("prev-key") and warpbarrier._KEY in key and digest.startswith("prev-hash")
+    marked = PTX.format(mark=f"\tmov.b32 %r1, %r2; // {warpbarrier.MARKER}", late="")
+    stages = {"ttgir": len, "ptx": lambda src, metadata: marked, "cubin": len}
+    hook(None, stages, None, None, 90)
+    assert calls == [0, 5] and stages["ttgir"] is len and stages["cubin"] is len
+    assert stages["ptx"]("src", {}) == warpbarrier.warp_barriers(marked) != marked
 
 
 def test_tc_pack_refuses_what_it_cannot_hold():

@@ -14,7 +14,9 @@ Every warp streams its range through a ring of S stages with cp.async: 16-byte c
 no bank conflicts (`_x_view`): copying all 8 tokens of the MMA tile at M = 1, as session 17 did, cost 8B gate_up
 24.5 against 23.2 us and down 15.4 against 14.3 (MXFP4, H200, session 18). A stage's x buffer holds only those
 tokens (1 KB at one row, was 8 KB): a program of 2 stages takes 19 KB of shared memory instead of 26, one of 4
-stages 31 KB instead of 52 (MXFP4). At the default depths that changed no time (session 19).
+stages 31 KB instead of 52 (MXFP4). At the default depths that changed no time (session 19). As no warp reads
+another's bytes, the loop's barriers are warp barriers (`warpbarrier.py`): 1-9% faster than the CTA barriers
+Gluon puts there, bit for bit the same (H200, session 20).
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 from ..errors import MrgptqError
 from .gemm import _sm_count
 from .tcgemv import CHUNK, TcWeight
+from .warpbarrier import install as _warp_barriers
+from .warpbarrier import mark
 from .wsgemv import _stack4, decode_words
 
 WARPS = 4  # warps a program: each takes K / WARPS
@@ -53,7 +57,7 @@ def _issue(w_ptr, s_ptr, x_ptr, w_s, s_s, x_s, st, step, per, w_off, s_off, x_of
 def _row_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, alpha, ra_ptr, M, N, K, stride_xm, stride_ym,
                      S: gl.constexpr, MP: gl.constexpr, KW: gl.constexpr, NV: gl.constexpr,
                      ROW_ALPHA: gl.constexpr, WL: gl.constexpr, MC: gl.constexpr, XV: gl.constexpr,
-                     XW: gl.constexpr):
+                     XW: gl.constexpr, WB: gl.constexpr):
     """Program p: rows 16 p .. 16 p + 15 (brick row block p // 4, its rows 16 (p % 4) + i); warp w: k chunks
     [w per, (w + 1) per) of them, per = K / (128 KW)."""
     pid = gl.program_id(0)
@@ -104,11 +108,14 @@ def _row_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, alpha, ra_ptr, M, N, K, stride_
         _issue(w_ptr, s_ptr, x_ptr, w_s, s_s, x_s, pre, pre, per, w_off, s_off, x_off, x_mask, SW, KW, MC, XW)
     v = wv[None, None, None, :]
     acc = gl.zeros((KW, 16, MP), gl.float32, MMA)
-    # (Gluon's barrier pass adds a CTA barrier after each wait and before each refill: the warps step together)
+    # Gluon's barrier pass adds a CTA barrier after each wait and before each refill; each warp copies and reads
+    # only its own slice of a stage (dimension 0 of every buffer and layout), so with WB they are warp barriers
     for step in range(per):
         _issue(w_ptr, s_ptr, x_ptr, w_s, s_s, x_s, (step + S - 1) % S, step + S - 1, per, w_off, s_off, x_off,
                x_mask, SW, KW, MC, XW)
         async_copy.wait_group(S - 1)
+        if WB:
+            mark(step)
         cur = step % S
         w = w_s.index(cur).load(WL)
         sv = s_s.index(cur).load(SC)
@@ -172,13 +179,15 @@ def _x_copy_view(kw: int, mc: int):
 
 def fits(tw: TcWeight, rows: int) -> bool:
     """Whether QuantLinear sends this product here rather than to `ws_gemv` (K a multiple of 128 WARPS), by the
-    H200 A/B of session 18 (BENCHMARKS.md): weights of at most 2^25 values (Llama-3-8B qkv, o) at up to 16 rows
-    of x; up to 2^28 values (8B gate_up, down; 70B qkv, o, down) at up to 4 rows; up to MAX_N x MAX_K (70B qkv, o)
-    at up to 8. Outside these `ws_gemv` was as fast or faster (70B gate_up, NVFP4 at one row: 83.7 vs 82.0 us)."""
+    H200 A/B of sessions 18 and 20 (BENCHMARKS.md): any weight at one row of x (70B gate_up 74.7 vs 79.5 us MXFP4,
+    81.8 vs 82.3 NVFP4, once the loop's barriers were warp barriers); weights of at most 2^25 values (Llama-3-8B
+    qkv, o) at up to 16 rows; up to 2^28 values (8B gate_up, down; 70B qkv, o, down) at up to 4 rows; up to
+    MAX_N x MAX_K (70B qkv, o) at up to 8. Outside these `ws_gemv` was as fast or faster (70B gate_up, NVFP4 at
+    4 rows: 82.5 vs 87.7 us)."""
     N, K = tw.shape
     if rows > 16 or K % (CHUNK * WARPS):
         return False
-    return (N * K <= SMALL_WEIGHTS or (rows <= 4 and N * K <= MID_WEIGHTS)
+    return (rows == 1 or N * K <= SMALL_WEIGHTS or (rows <= 4 and N * K <= MID_WEIGHTS)
             or (rows <= 8 and N <= MAX_N and K <= MAX_K))
 
 
@@ -191,8 +200,9 @@ def _stages(K: int, warps: int, programs: int, mc: int, sms: int) -> int:
 
 
 def row_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tensor | None = None,
-             stages: int | None = None, warps: int = WARPS) -> torch.Tensor:
-    """y (M, N) = alpha * x W^T (times W's row_alpha) in bf16, x (M <= 16, K) bf16, W a `TcWeight`."""
+             stages: int | None = None, warps: int = WARPS, warp_barriers: bool = True) -> torch.Tensor:
+    """y (M, N) = alpha * x W^T (times W's row_alpha) in bf16, x (M <= 16, K) bf16, W a `TcWeight`;
+    `warp_barriers=False` keeps the loop's CTA barriers (`warpbarrier.py`; for A/B runs)."""
     M, K = x.shape
     N, Kw = tw.shape
     if Kw != K or M > 16 or K % (CHUNK * warps):
@@ -205,10 +215,12 @@ def row_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tenso
     mc = triton.next_power_of_2(M)  # tokens copied a step
     programs = triton.cdiv(N, 64) * 4
     stages = stages or _stages(K, warps, programs, mc, _sm_count(x.device))
+    if warp_barriers:
+        _warp_barriers()
     _row_gemv_kernel[(programs,)](
         x, tw.words, tw.scales.view(torch.int32), y, alpha * 2.0 ** tw.shift, y if ra is None else ra, M, N, K,
         x.stride(0), y.stride(0), S=stages, MP=mp, KW=warps,
         NV=tw.spec.scale_dtype == "e4m3", ROW_ALPHA=ra is not None, WL=_words_layout(warps),
-        MC=mc, XV=_x_view(warps, mp), XW=_x_copy_view(warps, mc), num_warps=warps)
+        MC=mc, XV=_x_view(warps, mp), XW=_x_copy_view(warps, mc), WB=warp_barriers, num_warps=warps)
     return y
 

@@ -459,6 +459,10 @@ def test_warp_barrier_hook_chains_and_rewrites(monkeypatch):
     hook(None, stages, None, None, 90)
     assert calls == [0, 5] and stages["ttgir"] is len and stages["cubin"] is len
     assert stages["ptx"]("src", {}) == warpbarrier.warp_barriers(marked) != marked
+    monkeypatch.setattr(knobs.runtime, "add_stages_inspection_hook", None)
+    monkeypatch.setattr(warpbarrier, "_installed", False)
+    warpbarrier.install()  # no hook before it: its key alone
+    assert knobs.runtime.add_stages_inspection_hook() == (warpbarrier._KEY, warpbarrier._KEY)
 
 
 def test_tc_pack_refuses_what_it_cannot_hold():

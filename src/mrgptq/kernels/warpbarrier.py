@@ -72,8 +72,10 @@ def install() -> None:
     previous = knobs.runtime.add_stages_inspection_hook
 
     def hook(*args):
-        if not args:  # Triton 3.7+: the hook's part of the cache key
-            key, digest = previous() if previous is not None else ("", "")
+        if not args:  # Triton 3.7+ asks on every launch for the hook's part of the cache key
+            if previous is None:
+                return _KEY, _KEY
+            key, digest = previous()
             return key + _KEY, f"{digest}{_KEY}"
         if previous is not None:
             previous(*args)

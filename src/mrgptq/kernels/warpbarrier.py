@@ -5,7 +5,7 @@ write, of one shared allocation, since it cannot see which warp touches which by
 every warp copies, then reads, only its own slice of each ring stage (the layouts put the warp on the buffers'
 first dimension), so ordering a warp's own lanes is all the loop needs; the CTA barriers only march the warps in
 lockstep, each waiting for the slowest one's copies. Turning them into warp barriers made every Llama-3 linear
-3-6% faster, bit for bit the same (H200, BENCHMARKS.md, session 20).
+1-9% faster, bit for bit the same (H200, BENCHMARKS.md, session 20).
 
 A kernel opts in with `mark(step)` inside the loop: a PTX comment the compiled code drops. At compile time the
 hook below turns each `bar.sync 0` in the innermost loop holding the marker into `bar.warp.sync -1`. Unmarked

@@ -9,6 +9,7 @@ nearest even (through float32, exact for these operands: products of two bf16 va
 import dataclasses
 import re
 
+import pytest
 import torch
 
 from mrgptq import formats
@@ -62,6 +63,7 @@ OPS = {
     "or.b32": lambda a, b: a | b,
     "mad.lo.u32": lambda a, b, c: (a * b + c) & M32,
     "sub.u32": lambda a, b: (a - b) & M32,
+    "add.u32": lambda a, b: (a + b) & M32,
     "prmt.b32": lambda a, b, c: _prmt(a, b, int(c)),  # (the default mode: byte selectors 0-7)
     "lop3.b32": lambda a, b, c, lut: _lop3(a, b, c, int(lut)),
 }
@@ -108,11 +110,11 @@ def _words(codes):
     return b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16) | (b[:, 3] << 24)
 
 
-def _encode(v, mx, scale_bits=None):
+def _encode(v, mx, scale_bits=None, arch=90):
     ins = {f"${i + 1}": _bits(v[:, i]) for i in range(8)}
     if mx:
         ins["$9"] = torch.full_like(ins["$1"], scale_bits)
-    return run_ptx(encode_ptx(mx), ins)["$0"]
+    return run_ptx(encode_ptx(mx, arch), ins)["$0"]
 
 
 def _all_finite_bf16():
@@ -133,16 +135,21 @@ def test_mxfp4_encode_ptx_is_the_codec_on_every_bf16_value():
             assert torch.equal(_encode(x, True, scale), _words(ref)), e
 
 
-def test_nvfp4_encode_ptx_is_the_codec_on_ties_and_their_neighbours():
+@pytest.mark.parametrize("arch", [90, 80])  # Hopper's min.u16x2, and the integer form before it
+def test_nvfp4_encode_ptx_is_the_codec_on_ties_and_their_neighbours(arch):
     """NVFP4 takes float32 quotients: round to odd bf16, then E2M1. Every E2M1 value and midpoint, one float32 ulp
-    either side of each (where the odd rounding must not flip the decision), both signs, and random values."""
+    either side of each (where the odd rounding must not flip the decision), both signs, and random values
+    (whose dropped low halves take every bit pattern, 0x8000 and 0xFFFF among them)."""
     pts = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 100.0])
     up, down = torch.nextafter(pts, torch.tensor(1e9)), torch.nextafter(pts, torch.tensor(-1e9))
     g = torch.Generator().manual_seed(1)
     rnd = (torch.rand(40_000, generator=g) * 16 - 8) * torch.exp2(torch.randint(-6, 2, (40_000,), generator=g))
-    v = torch.cat([pts, up, down, -pts, -up, -down, rnd])
+    low = (_bits(pts.repeat(6)) & 0xFFFF0000) | torch.tensor([0x0001, 0x7FFF, 0x8000, 0x8001, 0xFFFF, 0x0000]
+                                                           ).repeat_interleave(pts.numel())
+    v = torch.cat([pts, up, down, -pts, -up, -down, rnd, low.to(torch.int32).view(torch.float32)])
     v = torch.cat([v, v[: -v.numel() % 8]]).reshape(-1, 8)
-    assert torch.equal(_encode(v, False), _words(codec.encode_e2m1(v)))
+    assert torch.equal(_encode(v, False, arch=arch), _words(codec.encode_e2m1(v)))
+    assert ("min.u16x2" in encode_ptx(False, arch)) == (arch >= 90)
 
 
 def test_round_pair_ptx_rounds_to_nearest_even_bf16():

@@ -14,7 +14,7 @@ tl = pytest.importorskip("triton.language")
 from conftest import student_t
 
 from mrgptq import formats
-from mrgptq.kernels.fp4 import e4m3_saturate, rcp_rn
+from mrgptq.kernels.fp4 import e4m3_saturate, e4m3_value, ptx_arch, rcp_rn
 from mrgptq.kernels.gemm import fp4_matmul
 from mrgptq.kernels.gemv import e2m1x8, fp4_gemv
 from mrgptq.kernels.quantize import rotate, rotate_quantize
@@ -25,6 +25,22 @@ GPU = torch.cuda.is_available()
 DEV = "cuda" if GPU else "cpu"
 K_ACT = 4096 if GPU else 256
 POISON = 0xAB
+
+
+# On a GPU also the code paths older GPUs get, run on this one (`fp4.ptx_arch`): Ampere's (no fp8 types, no
+# Hopper-only PTX) and Ada's (fp8, no Hopper-only PTX). That each builds for its own GPU is tests/test_targets.py's.
+ARCHES = [None, 80, 89] if GPU else [None]
+
+
+@pytest.fixture(params=ARCHES, ids=lambda a: f"sm{a}" if a else "native")
+def arch(request, monkeypatch):
+    from mrgptq import kernels
+
+    if request.param:
+        monkeypatch.setenv("MRGPTQ_PTX_ARCH", str(request.param))
+    kernels.ws_enabled.cache_clear()  # (Hopper's Gluon kernels are off below sm_90)
+    yield request.param
+    kernels.ws_enabled.cache_clear()
 
 
 def poisoned(shape, dtype):
@@ -38,7 +54,7 @@ CASES = [("mxfp4", "spec", None), ("mxfp4", "spec", 32), ("mxfp4", "rounded", 64
 
 
 @pytest.mark.parametrize("fmt,rule,block", CASES)
-def test_rotate_quantize_is_bit_exact(fmt, rule, block):
+def test_rotate_quantize_is_bit_exact(fmt, rule, block, arch):
     spec = formats.get_spec(fmt)
     M = 300 if GPU else 37  # not a multiple of the row tile
     g = torch.Generator().manual_seed(CASES.index((fmt, rule, block)))
@@ -128,6 +144,45 @@ def test_gluon_rotate_quantize_is_the_triton_kernel_bit_for_bit(fmt, rule, block
         packed, scales = rotate_quantize(x, spec, block, rule, gs, out=out, config=config, kernel="gluon")
         assert torch.equal(scales.view(torch.uint8), ref[1].view(torch.uint8))
         assert torch.equal(packed, ref[0])
+
+
+def test_gluon_kernels_run_only_on_the_tritons_they_are_written_for(monkeypatch):
+    """Gluon's API changes between Triton releases (3.9 removed async_copy_global_to_shared and thread_barrier):
+    the Gluon kernels run on GLUON_TRITON releases only, the Triton-language kernels elsewhere; MRGPTQ_GLUON
+    forces either way."""
+    import importlib.util
+
+    from mrgptq import kernels
+
+    if importlib.util.find_spec("triton.experimental.gluon") is None:
+        pytest.skip("this Triton ships no Gluon")
+    monkeypatch.delenv("MRGPTQ_GLUON", raising=False)
+    for version, on in (("3.6.0", True), ("3.6.1+git0123", True), ("3.5.1", False), ("3.9.0", False)):
+        monkeypatch.setattr(triton, "__version__", version)
+        kernels.has_gluon.cache_clear()
+        assert kernels.has_gluon() == on, version
+    for force, on in (("1", True), ("0", False)):
+        monkeypatch.setenv("MRGPTQ_GLUON", force)
+        kernels.has_gluon.cache_clear()
+        assert kernels.has_gluon() == on
+    monkeypatch.undo()
+    kernels.has_gluon.cache_clear()
+
+
+def test_kernels_need_an_ampere_or_newer_gpu(monkeypatch):
+    """QuantLinear and GPTQ use the kernels from sm_80 on (bf16 tensor cores) and their PyTorch paths before it;
+    the arch is the GPU's, or the one Triton is told to build for."""
+    from mrgptq import kernels
+    from mrgptq.kernels import fp4
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(fp4, "INTERPRET", False)  # (the interpreter runs no PTX: arch 0 whatever is set)
+    for var, value, on in (("MRGPTQ_PTX_ARCH", "75", False), ("MRGPTQ_PTX_ARCH", "80", True),
+                           ("TRITON_OVERRIDE_ARCH", "sm70", False), ("TRITON_OVERRIDE_ARCH", "sm90a", True)):
+        monkeypatch.delenv("MRGPTQ_PTX_ARCH", raising=False)
+        monkeypatch.setenv(var, value)
+        assert kernels.available() == on, (var, value)
+        assert ptx_arch(torch.device("cuda")) == int(value.strip("sma"))
 
 
 @pytest.mark.parametrize("width", [32, 64, 128])
@@ -225,7 +280,7 @@ def test_w4a16_gemm(fmt, M):
 
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
 @pytest.mark.parametrize("M", [1, 3])
-def test_w4a16_gemv(fmt, M):
+def test_w4a16_gemv(fmt, M, arch):
     """The decode GEMV (CUDA cores, byte-permute decode of 8-code words, one scale per group sum), heuristic
     tiles and split-K with fp32 atomics; on the GPU also the plain-integer decode."""
     for i, (N, K) in enumerate(SHAPES):
@@ -490,20 +545,22 @@ def _decode_words(w_ptr, o_ptr, n, LUT: tl.constexpr):
 
 
 @triton.jit
-def _scale_helpers(v_ptr, rcp_ptr, byte_ptr, e4m3_ptr, n, BLOCK: tl.constexpr, INTERP: tl.constexpr):
+def _scale_helpers(v_ptr, rcp_ptr, byte_ptr, e4m3_ptr, n, BLOCK: tl.constexpr, INTERP: tl.constexpr,
+                   ARCH: tl.constexpr):
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     v = tl.load(v_ptr + i, mask=i < n, other=1.0)
     tl.store(rcp_ptr + i, rcp_rn(v, INTERP), mask=i < n)
-    byte, val = e4m3_saturate(v, INTERP)
+    byte, val = e4m3_saturate(v, ARCH)
     tl.store(byte_ptr + i, byte.to(tl.uint8), mask=i < n)
     tl.store(e4m3_ptr + i, val, mask=i < n)
 
 
-def test_scale_helpers_are_exact():
+@pytest.mark.parametrize("by_hand", [False, True] if GPU else [True])
+def test_scale_helpers_are_exact(by_hand):
     """NVFP4's per-group helpers: rcp_rn is 1/d correctly rounded (float64 division then float32 rounding is
     exact for a quotient: 53 >= 2 * 24 + 2 bits) on every float32 of [1, 2) on the GPU, and across binades;
     e4m3_saturate equals torch's cast after formats.scales' clamp to 448, byte and value, from E4M3's
-    subnormals to past 448."""
+    subnormals to past 448: with sm_89's conversion and by hand (before sm_89, and in the interpreter)."""
     from mrgptq.kernels.fp4 import INTERPRET
 
     n_mant = 1 << 23 if GPU else 1 << 12
@@ -516,11 +573,28 @@ def test_scale_helpers_are_exact():
     n = v.numel()
     rcp, val = poisoned((n,), torch.float32), poisoned((n,), torch.float32)
     byte = poisoned((n,), torch.uint8)
-    _scale_helpers[(triton.cdiv(n, 1024),)](v, rcp, byte, val, n, BLOCK=1024, INTERP=INTERPRET)
+    _scale_helpers[(triton.cdiv(n, 1024),)](v, rcp, byte, val, n, BLOCK=1024, INTERP=INTERPRET,
+                                            ARCH=(80 if GPU else 0) if by_hand else ptx_arch(v.device))
     assert torch.equal(rcp.cpu(), (1.0 / v.cpu().double()).float())
     ref = v.cpu().clamp_max(448.0).to(torch.float8_e4m3fn)
     assert torch.equal(byte.cpu(), ref.view(torch.uint8))
     assert torch.equal(val.cpu(), ref.float())
+
+
+@triton.jit
+def _e4m3_values(b_ptr, o_ptr, n, BLOCK: tl.constexpr):
+    i = tl.arange(0, BLOCK)
+    b = tl.load(b_ptr + i, mask=i < n, other=0)
+    tl.store(o_ptr + i, e4m3_value(b), mask=i < n)
+
+
+def test_e4m3_bytes_decode_exactly():
+    """Every E4M3 byte but the two NaNs, subnormals and -0 included, is torch's value bit for bit: the kernels
+    read NVFP4 scales as bytes (Triton has no fp8 type before sm_89)."""
+    b = torch.tensor([c for c in range(256) if c & 0x7F != 0x7F], dtype=torch.uint8)
+    out = poisoned((b.numel(),), torch.float32)
+    _e4m3_values[(1,)](b.to(DEV), out, b.numel(), BLOCK=256)
+    assert torch.equal(out.cpu().view(torch.int32), b.view(torch.float8_e4m3fn).float().view(torch.int32))
 
 
 @pytest.mark.parametrize("lut", [True, False] if GPU else [False])
@@ -539,7 +613,7 @@ def test_e2m1_word_decode_is_exact(lut):
 
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
 @pytest.mark.parametrize("M", [3, 130])
-def test_w4a4_gemm(fmt, M):
+def test_w4a4_gemm(fmt, M, arch):
     N, K = SHAPES[0]
     q, wp, ws, wdq = _weights(fmt, N, K, seed=3)
     x = (student_t((M, K), seed=M) * 0.5).to(torch.bfloat16).to(DEV)
@@ -588,7 +662,7 @@ def test_mxfp4_w4a4_fp8_gemm():
 
 @pytest.mark.parametrize("fmt,dtype", [("mxfp4", torch.bfloat16), ("nvfp4", torch.bfloat16),
                                        ("nvfp4", torch.float16), ("nvfp4", torch.float32)])
-def test_dequantize_kernel_is_bit_exact(fmt, dtype):
+def test_dequantize_kernel_is_bit_exact(fmt, dtype, arch):
     """Every element equals formats.dequantize's in each output dtype (pairs of 16-bit values per word, or
     two float32 stores), including all-zero groups and a partial last row tile."""
     from mrgptq.kernels.gemm import dequantize
@@ -609,7 +683,7 @@ def test_dequantize_kernel_is_bit_exact(fmt, dtype):
 @pytest.mark.parametrize("w4a4", [False, True])
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
 @pytest.mark.parametrize("tokens", [1, 7, 300])  # 4, 28, 1200 rows: GEMV, FP4 GEMM, dequantize + cuBLAS
-def test_quantlinear_dispatch_matches_pytorch_path(w4a4, fmt, tokens):
+def test_quantlinear_dispatch_matches_pytorch_path(w4a4, fmt, tokens, arch):
     from mrgptq.algorithms import ActQuantizer
     from mrgptq.runtime import QuantLinear
 

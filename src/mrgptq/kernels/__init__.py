@@ -1,4 +1,5 @@
-"""Triton FP4 kernels for Hopper (and any GPU Triton supports), checked against `mrgptq.formats`.
+"""Triton FP4 kernels for NVIDIA GPUs from Ampere (sm_80) on, Hopper first, checked against `mrgptq.formats`
+(which GPUs each launch builds for: `targets.py`).
 
 `quantize.rotate_quantize`: fused block-Hadamard + FP4 quantization of activations (kernel 1);
 `quantize.rotate`: the online rotation alone (W4A16); `gemm.fp4_matmul`: W4A16 and W4A4 GEMMs (kernels 2, 3).
@@ -9,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import re
 
 import torch
 
@@ -19,12 +21,19 @@ def _has_triton() -> bool:
 
 
 def available(x: torch.Tensor | None = None) -> bool:
-    """Triton is installed and x (if given) lives on a CUDA device in a 16-bit float dtype."""
+    """Triton is installed and x (if given) lives on a CUDA device in a 16-bit float dtype, an Ampere or newer
+    GPU (bf16 tensor cores, sm_80+); elsewhere QuantLinear and GPTQ take their PyTorch paths."""
     if not _has_triton():
         return False
     if x is None:
-        return torch.cuda.is_available()
-    return x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
+        return torch.cuda.is_available() and _recent(torch.device("cuda"))
+    return x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and _recent(x.device)
+
+
+def _recent(device: torch.device) -> bool:
+    from .fp4 import ptx_arch
+
+    return ptx_arch(device) >= 80
 
 
 TC_ROWS = 128  # up to this many rows: the tensor-core decode GEMM (tcgemv.py) where the weight fits its layout
@@ -56,10 +65,24 @@ def _operands(x2: torch.Tensor, module):
     return (x2 if block is None else rotate(x2, block)), None
 
 
+GLUON_TRITON = ((3, 6),)  # the Triton releases whose Gluon API the Gluon kernels use, checked on a GPU
+
+
 @functools.cache
 def has_gluon() -> bool:
-    """This Triton ships Gluon (recent releases only; `triton>=3.2` is allowed, so the Gluon kernels are optional)."""
-    return _has_triton() and importlib.util.find_spec("triton.experimental.gluon") is not None
+    """This Triton ships Gluon in the API the Gluon kernels (ws_gemv, row_gemv, regquant) are written in. Gluon
+    is experimental and changes between releases (3.9 renamed async_copy_global_to_shared to async_load, removed
+    thread_barrier and changed warp_specialize's arguments), so only GLUON_TRITON releases use it; elsewhere
+    the Triton-language kernels run. MRGPTQ_GLUON=1 tries it on any Triton that ships Gluon, =0 turns it off."""
+    if not _has_triton() or importlib.util.find_spec("triton.experimental.gluon") is None:
+        return False
+    force = os.environ.get("MRGPTQ_GLUON")
+    if force in ("0", "1"):
+        return force == "1"
+    import triton
+
+    m = re.match(r"(\d+)\.(\d+)", triton.__version__)
+    return bool(m) and (int(m.group(1)), int(m.group(2))) in GLUON_TRITON
 
 
 @functools.cache

@@ -16,18 +16,27 @@ How a pair becomes bf16x2 depends on the format:
   set the last bit if anything was dropped). E2M1's values and midpoints have at most 3 significant bits, so
   they are even bf16 values: the odd neighbour of an inexact value lies on the same side of each of them, and
   rounding it to E2M1 gives what rounding the float32 value would.
+
+Portability: bf16x2 multiplies are fma's with -0 (`mul.bf16x2` is sm_90-only; ptxas turns the fma back into
+the same multiply there, SASS unchanged), and before sm_90 the "anything dropped" flags take five integer
+instructions instead of one `min.u16x2`.
 """
 from __future__ import annotations
 
 _CONSTANTS = ("mov.b32 k2, 0x40004000;\nmov.b32 k1, 0x3F803F80;\nmov.b32 kh, 0x3F003F00;\nmov.b32 k6, 0x40C040C0;\n"
               "mov.b32 k128, 0x43004300;\nmov.b32 k130, 0x43024302;\nmov.b32 k132, 0x43044304;\n"
-              "mov.b32 one, 0x00010001;\n")
+              "mov.b32 one, 0x00010001;\nmov.b32 nz, 0x80008000;\n")
 
 # Each pair prologue leaves p (its sign bits are the values') and a = |value| as bf16x2.
 _MX_PAIR = ("cvt.rn.bf16x2.f32 p, {hi}, {lo};\n"  # bf16, then |.| times 2^-e (exact)
-            "abs.bf16x2 a, p;\nmul.rn.bf16x2 a, a, {scale};\n")
+            "abs.bf16x2 a, p;\nfma.rn.bf16x2 a, a, {scale}, nz;\n")
 _NV_PAIR = ("prmt.b32 p, {lo}, {hi}, 0x7632;\nprmt.b32 t, {lo}, {hi}, 0x5410;\n"  # truncated halves, dropped halves
-            "min.u16x2 t, t, one;\nor.b32 a, p, t;\nand.b32 a, a, 0x7FFF7FFF;\n")  # round to odd, |.| (one lop3)
+            "{sticky}or.b32 a, p, t;\nand.b32 a, a, 0x7FFF7FFF;\n")  # round to odd, |.| (one lop3)
+# t's halves -> 1 where nonzero: sm_90's min.u16x2; before it, bit 15 of ((t & 0x7FFF) + 0x7FFF) | t (no carry
+# leaves a half) moved to bit 0
+_STICKY_SM90 = "min.u16x2 t, t, one;\n"
+_STICKY = ("and.b32 n, t, 0x7FFF7FFF;\nadd.u32 n, n, 0x7FFF7FFF;\nor.b32 n, n, t;\nshr.b32 n, n, 15;\n"
+           "and.b32 t, n, 0x00010001;\n")
 
 # |value| clamped to 6, then the three roundings and their min: 128 + the magnitude's code in each half; the sign
 # bit (15, 31) goes to bit 3 (19).
@@ -57,13 +66,14 @@ and.b32 $1, p, 0xFFFF0000;
 }"""
 
 
-def encode_ptx(mx: bool) -> str:
+def encode_ptx(mx: bool, arch: int = 90) -> str:
     """PTX for `tl.inline_asm_elementwise`: $1..$8 float32 values (consecutive coordinates), then for MXFP4
-    $9 = 2^-e as bf16x2; $0 = their 4 code bytes, little-endian (coordinate c in nibble c)."""
-    pair = _MX_PAIR if mx else _NV_PAIR
+    $9 = 2^-e as bf16x2; $0 = their 4 code bytes, little-endian (coordinate c in nibble c). `arch`: the
+    compute capability it is for (sm_80 and up)."""
+    pair = _MX_PAIR if mx else _NV_PAIR.replace("{sticky}", _STICKY_SM90 if arch >= 90 else _STICKY)
     body = "".join((pair + _ENCODE).format(lo=f"${i + 1}", hi=f"${i + 5}", scale="$9", out=f"q{i}")
                    for i in range(4))
-    return ("{\n.reg .b32 p, a, n, t, k2, k1, kh, k6, k128, k130, k132, one, q0, q1, q2, q3;\n" + _CONSTANTS
+    return ("{\n.reg .b32 p, a, n, t, k2, k1, kh, k6, k128, k130, k132, one, nz, q0, q1, q2, q3;\n" + _CONSTANTS
             + body + _PACK + "}")
 
 

@@ -5,12 +5,39 @@ exact exponent extraction), so the kernels' codes and scales are bit-identical t
 """
 from __future__ import annotations
 
+import functools
 import os
+import re
 
+import torch
 import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # CPU interpreter: numpy has no bf16, dot in fp32
+
+
+@functools.cache
+def _capability(index: int) -> int:
+    major, minor = torch.cuda.get_device_capability(index)
+    return 10 * major + minor
+
+
+def ptx_arch(device: torch.device) -> int:
+    """The compute capability (80 for sm_80) the kernels' inline PTX and fp8 paths are chosen for: the
+    device's, or TRITON_OVERRIDE_ARCH (`sm80`) when Triton is told to build for another GPU, or
+    MRGPTQ_PTX_ARCH, which runs a smaller GPU's code paths on this one (tests). 0 off CUDA and in the
+    interpreter (it runs no PTX), whatever is set. Hopper-only instructions (`min.u16x2`) are used from 90 on,
+    FP8 conversions from 89 on."""
+    if INTERPRET:
+        return 0
+    for var in ("MRGPTQ_PTX_ARCH", "TRITON_OVERRIDE_ARCH"):
+        m = re.fullmatch(r"(?:sm_?)?(\d+)a?", os.environ.get(var) or "-")
+        if m:
+            return int(m.group(1))
+    if device.type != "cuda":
+        return 0
+    return _capability(device.index if device.index is not None else torch.cuda.current_device())
+
 
 # Scale-rule ids shared with the Python side (formats.scales names).
 RULE_SPEC, RULE_CEIL, RULE_ROUNDED, RULE_FOUR_THIRDS = 0, 1, 2, 3
@@ -126,14 +153,27 @@ fma.rn.f32 $0, r, e, r;
 
 
 @triton.jit
-def e4m3_saturate(v, INTERP: tl.constexpr):
+def e4m3_saturate(v, ARCH: tl.constexpr):
     """(E4M3 byte as int32, its value as float32) of non-negative float32 v: nearest, ties to even, saturating at
-    448 (formats.scales: min(v, 448), then the cast). On the GPU one satfinite conversion and its inverse (inline
-    PTX, sm_89+), ~4 instructions for the ~14 of `e4m3_round`; by hand in the interpreter."""
-    if INTERP:
-        s8 = e4m3_round(tl.minimum(v, 448.0)).to(tl.float8e4nv)  # exact cast
-        return s8.to(tl.uint8, bitcast=True).to(tl.int32), s8.to(tl.float32)
+    448 (formats.scales: min(v, 448), then the cast). From sm_89 (ARCH, `ptx_arch`) one satfinite conversion
+    and its inverse (inline PTX), ~4 instructions; by hand (`e4m3_round`, ~14) before it and in the interpreter
+    (ARCH 0)."""
+    if ARCH < 89:
+        r = e4m3_round(tl.minimum(v, 448.0))
+        return e4m3_bits(r), r
     return tl.inline_asm_elementwise(_E4M3_SAT, "=r,=f,f", [v], dtype=(tl.int32, tl.float32), is_pure=True, pack=1)
+
+
+_TWO_120 = tl.constexpr(2.0 ** 120)
+
+
+@triton.jit
+def e4m3_value(b):
+    """An E4M3 byte (any integer type) as float32, exactly and without fp8 types (which Triton has only from
+    sm_89 on): its exponent and mantissa bits placed at float32's bits 20-26 are the value times 2^-120, E4M3's
+    subnormals included (as float32 subnormals, then scaled up exactly). NaN bytes are not expected (scales)."""
+    c = b.to(tl.int32) & 0xFF
+    return (((c & 0x7F) << 20) | ((c & 0x80) << 24)).to(tl.float32, bitcast=True) * _TWO_120
 
 
 @triton.jit

@@ -13,15 +13,13 @@ to 5 significant bits, E4M3 holds 4, so NVFP4 W4A4 stays on the 16-bit path.
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
 from ..errors import MrgptqError
 from ..formats import FormatSpec
-from .fp4 import pow2
+from .fp4 import pow2, ptx_arch
 from .gemm import PAIR_TILE, pair_offsets, pair_operand, pair_tiles, pairs_e4m3
 
 
@@ -45,6 +43,8 @@ def fp8_rows(packed: torch.Tensor, scales: torch.Tensor, spec: FormatSpec, confi
     `config` = (rows, elements per row, warps) per program overrides the default tile."""
     if spec.scale_dtype != "e8m0" or not spec.is_fp4:
         raise MrgptqError(f"fp8_rows: {spec.name} has no exact E4M3 form (only MXFP4 does)")
+    if 0 < ptx_arch(packed.device) < 89:
+        raise MrgptqError("fp8_rows: FP8 needs an Ada or newer GPU (sm_89+); use gemm.dequantize here")
     N, K = packed.shape[0], packed.shape[1] * 2
     G = spec.group_size
     if K % G:
@@ -60,12 +60,7 @@ def fp8_rows(packed: torch.Tensor, scales: torch.Tensor, spec: FormatSpec, confi
 
 def has_fp8_gemm(device) -> bool:
     """torch._scaled_mm with rowwise scales needs compute capability 8.9 (Ada) or 9.x (Hopper)."""
-    return device.type == "cuda" and _fp8_capable(device.index or 0)
-
-
-@functools.cache
-def _fp8_capable(index: int) -> bool:
-    return hasattr(torch, "_scaled_mm") and torch.cuda.get_device_capability(index) >= (8, 9)
+    return device.type == "cuda" and hasattr(torch, "_scaled_mm") and ptx_arch(device) >= 89
 
 
 def fp8_matmul(a8, ra, w8, rw, alpha: float = 1.0, out_dtype=torch.bfloat16) -> torch.Tensor:

@@ -15,7 +15,7 @@ import triton.language as tl
 
 from ..errors import MrgptqError
 from ..formats import FormatSpec
-from .fp4 import INTERPRET, e2m1_decode, e4m3_bits, pow2, round_bf16, store_rounded
+from .fp4 import INTERPRET, e2m1_decode, e4m3_bits, e4m3_value, pow2, ptx_arch, round_bf16, store_rounded
 
 
 @triton.jit
@@ -27,7 +27,8 @@ def _pow2_rel(d):
 @triton.jit
 def _operand(ptr, sptr, rows, rmask, k0, K, R: tl.constexpr, BK: tl.constexpr, G: tl.constexpr, NV: tl.constexpr):
     """Decoded (R, BK) float32 values of a packed operand and each element's group scale (float32 for
-    NVFP4, the int exponent for MXFP4). (Gathering bytes per element instead measured 3x slower on H100.)"""
+    NVFP4, from its E4M3 byte; the int exponent for MXFP4). (Gathering bytes per element instead measured 3x
+    slower on H100.)"""
     pc = k0 // 2 + tl.arange(0, BK // 2)
     packed = tl.load(ptr + rows[:, None] * (K // 2) + pc[None, :], mask=rmask[:, None], other=0)
     codes = tl.reshape(tl.join(packed & 0xF, packed >> 4), (R, BK))
@@ -35,7 +36,7 @@ def _operand(ptr, sptr, rows, rmask, k0, K, R: tl.constexpr, BK: tl.constexpr, G
     sc = k0 // G + tl.arange(0, BK // G)
     s = tl.load(sptr + rows[:, None] * (K // G) + sc[None, :], mask=rmask[:, None])  # masked rows: unused
     if NV:
-        s = s.to(tl.float32)
+        s = e4m3_value(s)
     else:
         s = s.to(tl.int32) - 127
     s = tl.reshape(tl.broadcast_to(s[:, :, None], (R, BK // G, G)), (R, BK))
@@ -125,6 +126,16 @@ def _pick(M: int, N: int, K: int, sms: int):
 
 
 _SMS: dict = {}
+
+
+def _bytes(scales: torch.Tensor) -> torch.Tensor:
+    """Group scales as the kernels read them: E4M3 ones as their bytes (Triton has no fp8 type before sm_89)."""
+    return scales.view(torch.uint8) if scales.dtype == torch.float8_e4m3fn else scales
+
+
+def fp8_dot(device: torch.device) -> bool:
+    """FP8 tensor cores (Ada, Hopper and later) or the interpreter, whose dot runs in float32."""
+    return INTERPRET or ptx_arch(device) >= 89
 
 
 def _sm_count(device) -> int:
@@ -217,7 +228,8 @@ def _dequant_kernel(ptr, sptr, out, N, K, gdiv, R: tl.constexpr, T: tl.constexpr
     rmask = rows < N
     t = tl.program_id(1)
     b, s = pair_operand(ptr, sptr, rows, rmask, t, K, T, G)
-    eff = tl.math.div_rn(s.to(tl.float32) if NV else pow2(s.to(tl.int32) - 127), gdiv)[:, :, None]  # IEEE, as effective_scales
+    eff = tl.math.div_rn(e4m3_value(s) if NV else pow2(s.to(tl.int32) - 127), gdiv)  # IEEE, as effective_scales
+    eff = eff[:, :, None]
     offs = pair_offsets(rows, t, K, T, G)
     m = rmask[:, None, None]
     if OUT == 0:
@@ -252,8 +264,8 @@ def dequantize(packed: torch.Tensor, scales: torch.Tensor, spec: FormatSpec, glo
     kind = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}[dtype]
     r, e, w = config or PAIR_TILE
     grid, T = pair_tiles(N, K, G, r, e)
-    _dequant_kernel[grid](packed, scales, out if kind == 0 else out.view(torch.int32), N, K, float(global_scale),
-                          R=r, T=T, G=G, NV=spec.scale_dtype == "e4m3", OUT=kind, num_warps=w)
+    _dequant_kernel[grid](packed, _bytes(scales), out if kind == 0 else out.view(torch.int32), N, K,
+                          float(global_scale), R=r, T=T, G=G, NV=spec.scale_dtype == "e4m3", OUT=kind, num_warps=w)
     return out
 
 
@@ -300,8 +312,9 @@ def fp4_matmul(a, w_packed, w_scales, spec: FormatSpec, alpha: float = 1.0, a_sc
     c = split_k_target(M, N, split, out, out_dtype, a.device)
     grid = (triton.cdiv(M, bm), triton.cdiv(N, bn), split)
     _fp4_gemm_kernel[grid](
-        a, a_scales if a_fp4 else a, w_packed, w_scales, c, alpha, M, N, K, a.stride(0), c.stride(0),
-        G=g, BM=bm, BN=bn, BK=bk, SPLIT_K=split, A_FP4=a_fp4, NV=nv, FP8=a_fp4 and not nv, F32_DOT=INTERPRET,
+        a, _bytes(a_scales) if a_fp4 else a, w_packed, _bytes(w_scales), c, alpha, M, N, K, a.stride(0), c.stride(0),
+        G=g, BM=bm, BN=bn, BK=bk, SPLIT_K=split, A_FP4=a_fp4, NV=nv, FP8=a_fp4 and not nv and fp8_dot(a.device),
+        F32_DOT=INTERPRET,
         num_warps=warps, num_stages=stages,
     )
     return split_k_result(c, split, out, out_dtype)

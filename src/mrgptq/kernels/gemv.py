@@ -21,8 +21,8 @@ import triton.language as tl
 
 from ..errors import MrgptqError
 from ..formats import FormatSpec
-from .fp4 import INTERPRET, e2m1_decode, pow2, store_rounded
-from .gemm import split_k_result, split_k_target
+from .fp4 import INTERPRET, e2m1_decode, e4m3_value, pow2, store_rounded
+from .gemm import _bytes, split_k_result, split_k_target
 
 # $0..$7: float32 values of the 8 codes of word $8. Tables: byte 3 of the float32 of |v| for magnitude
 # codes 0..7 (0 .5 1 1.5 | 2 3 4 6) in 0x3F3F3F00, 0x40404040; byte 2 in 0xC0800000, 0xC0804000.
@@ -112,7 +112,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, alpha, N, K, stride_xm, stride_ym,
         part = tl.sum(tl.reshape(p, (BN, BW // WPG, WPG)), axis=2)  # one partial sum per group
         s = tl.load(s_rows + (t * (BW // WPG) + gi)[None, :], mask=nmask[:, None])  # masked rows: unused
         if NV:
-            eff = s.to(tl.float32)
+            eff = e4m3_value(s)
         else:
             eff = pow2(s.to(tl.int32) - 127)
         acc += part * eff
@@ -154,7 +154,7 @@ def fp4_gemv(x: torch.Tensor, w_packed: torch.Tensor, w_scales: torch.Tensor, sp
     words = w_packed.contiguous().view(torch.int32)
     y = split_k_target(M, N, split, out, out_dtype, x.device)
     grid = (triton.cdiv(N, bn), M, split)
-    _gemv_kernel[grid](x, words, w_scales, y, alpha, N, K, K, y.stride(0),
+    _gemv_kernel[grid](x, words, _bytes(w_scales), y, alpha, N, K, K, y.stride(0),
                        G=G, BN=bn, BW=bw, SPLIT_K=split, NV=spec.scale_dtype == "e4m3",
                        LUT=(not INTERPRET) if lut is None else lut, num_warps=warps, num_stages=stages)
     return split_k_result(y, split, out, out_dtype)

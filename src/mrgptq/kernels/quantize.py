@@ -23,12 +23,14 @@ from .fp4 import (
     e4m3_saturate,
     mx_exponent,
     pow2,
+    ptx_arch,
     rcp_rn,
     store_rounded,
 )
 
 _PTX_MX8 = tl.constexpr(encode_ptx(mx=True))
 _PTX_NV8 = tl.constexpr(encode_ptx(mx=False))
+_PTX_NV8_SM80 = tl.constexpr(encode_ptx(mx=False, arch=80))  # before Hopper (no min.u16x2)
 _PTX_ROUND_PAIR = tl.constexpr(ROUND_PAIR)
 
 
@@ -58,11 +60,11 @@ RCP6 = tl.constexpr(float(torch.tensor(1 / 6, dtype=torch.float32)))  # 1/6 roun
 
 
 @triton.jit
-def _nv_scales(amax, gs, rcp_gs, INTERP: tl.constexpr):
+def _nv_scales(amax, gs, rcp_gs, INTERP: tl.constexpr, ARCH: tl.constexpr):
     """NVFP4 group scales from group maxima (formats.scales): the stored E4M3 byte, the effective scale
     s / global, and the divisor for the codes with its correctly rounded reciprocal (1 where the scale is 0,
     whose codes are then set to 0)."""
-    stored, s = e4m3_saturate(gs * div_rn_by(amax, 6.0, RCP6, INTERP), INTERP)
+    stored, s = e4m3_saturate(gs * div_rn_by(amax, 6.0, RCP6, INTERP), ARCH)
     eff = div_rn_by(s, gs, rcp_gs, INTERP)
     d = tl.where(eff > 0, eff, 1.0)
     return stored.to(tl.uint8), eff, d, rcp_rn(d, INTERP)
@@ -76,7 +78,7 @@ def _abs_max3(y):
 
 @triton.jit
 def _encode_runs(y, gs, rcp_gs, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, NV: tl.constexpr,
-                 RULE: tl.constexpr):
+                 RULE: tl.constexpr, ARCH: tl.constexpr):
     """(code words (BLOCK_M, BLOCK_K / 8) int32, scale bytes (BLOCK_M, BLOCK_K / G) uint8) of a rotated tile y,
     float32, with the encode on bf16 pairs (`bf16x2.py`), 8 codes per call.
 
@@ -94,11 +96,15 @@ def _encode_runs(y, gs, rcp_gs, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, NV
         lo, hi = tl.inline_asm_elementwise(_PTX_ROUND_PAIR, "=f,=f,f,f", list(tl.split(yg)),
                                            dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
         yg = tl.join(lo, hi)  # the runtime rotates into bf16
-        stored, eff, d, rcp_d = _nv_scales(_abs_max3(yg), gs, rcp_gs, False)
+        stored, eff, d, rcp_d = _nv_scales(_abs_max3(yg), gs, rcp_gs, False, ARCH)
         v = div_rn_by(yg, d[:, :, None, None, None], rcp_d[:, :, None, None, None], False)
         v0, v1, v2, v3, v4, v5, v6, v7 = _eight(tl.reshape(v, (BLOCK_M, CN, 4, 4, 2)))
-        words = tl.inline_asm_elementwise(_PTX_NV8, "=r,r,r,r,r,r,r,r,r", [v0, v1, v2, v3, v4, v5, v6, v7],
-                                          dtype=tl.int32, is_pure=True, pack=1)
+        if ARCH >= 90:
+            words = tl.inline_asm_elementwise(_PTX_NV8, "=r,r,r,r,r,r,r,r,r", [v0, v1, v2, v3, v4, v5, v6, v7],
+                                              dtype=tl.int32, is_pure=True, pack=1)
+        else:
+            words = tl.inline_asm_elementwise(_PTX_NV8_SM80, "=r,r,r,r,r,r,r,r,r", [v0, v1, v2, v3, v4, v5, v6, v7],
+                                              dtype=tl.int32, is_pure=True, pack=1)
         words = tl.where(_per_word(eff > 0, yg, y), words, 0)  # a zero scale: its codes are 0 (formats.quantize)
     else:  # bf16 rounding is monotone: the max of the rounded values is the rounded max
         amax = bf16_round_trip(_abs_max3(yg), False)
@@ -121,11 +127,12 @@ def _per_word(per_group, yg, y):
 
 @triton.jit
 def _runs(x, h, gs, rcp_gs, packed_ptr, scale_ptr, rows, rmask, kt, K, B: tl.constexpr, BLOCK_M: tl.constexpr,
-          BLOCK_K: tl.constexpr, NV: tl.constexpr, RULE: tl.constexpr, INV_SQRT_B: tl.constexpr):
+          BLOCK_K: tl.constexpr, NV: tl.constexpr, RULE: tl.constexpr, INV_SQRT_B: tl.constexpr,
+          ARCH: tl.constexpr):
     """Rotate and quantize one tile with `_encode_runs` (H's columns in `bf16x2.column_order`)."""
     G: tl.constexpr = 16 if NV else 32
     y = _block_rotate(x, h, B, BLOCK_M, BLOCK_K, INV_SQRT_B, False)
-    words, stored = _encode_runs(y, gs, rcp_gs, BLOCK_M, BLOCK_K, NV, RULE)
+    words, stored = _encode_runs(y, gs, rcp_gs, BLOCK_M, BLOCK_K, NV, RULE, ARCH)
     wcols = kt * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8)
     tl.store(packed_ptr.to(tl.pointer_type(tl.int32)) + rows[:, None] * (K // 8) + wcols[None, :], words,
              mask=rmask[:, None])
@@ -172,7 +179,7 @@ def _rotate_quantize_kernel(
     x_ptr, h_ptr, packed_ptr, scale_ptr, gs_ptr, M, K, stride_xm, PROGRAMS,
     B: tl.constexpr, G: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
     ROTATE: tl.constexpr, NV: tl.constexpr, RULE: tl.constexpr, GDIV: tl.constexpr, INV_SQRT_B: tl.constexpr,
-    F32_DOT: tl.constexpr, RUNS: tl.constexpr,
+    F32_DOT: tl.constexpr, RUNS: tl.constexpr, ARCH: tl.constexpr,
 ):
     """Persistent: the (row block, K tile) units are one row-major list and program p takes units p, p +
     PROGRAMS, ... (H loaded once per program; a fixed number of programs per SM, so no partial last wave).
@@ -197,7 +204,7 @@ def _rotate_quantize_kernel(
         x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=rmask[:, None], other=0.0)
         if RUNS:
             _runs(x, h, gs, rcp_gs, packed_ptr, scale_ptr, rows, rmask, kt, K, B, BLOCK_M, BLOCK_K, NV, RULE,
-                  INV_SQRT_B)
+                  INV_SQRT_B, ARCH)
         else:
             if ROTATE:
                 y = _block_rotate(x, h, B, BLOCK_M, BLOCK_K, INV_SQRT_B, F32_DOT)
@@ -210,7 +217,7 @@ def _rotate_quantize_kernel(
             yg = tl.reshape(y, (BLOCK_M, BLOCK_K // G, G))
             amax = tl.max(tl.abs(yg), axis=2)
             if NV:
-                stored, eff, d, rcp_d = _nv_scales(amax, gs, rcp_gs, F32_DOT)
+                stored, eff, d, rcp_d = _nv_scales(amax, gs, rcp_gs, F32_DOT, ARCH)
                 codes = e2m1_encode(div_rn_by(yg, d[:, :, None], rcp_d[:, :, None], F32_DOT))
                 codes = tl.where(eff[:, :, None] > 0, codes, 0)
             else:
@@ -390,9 +397,9 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
         return packed.reshape(*x.shape[:-1], K // 2), scales.reshape(*x.shape[:-1], K // g)
     meta = dict(B=h.shape[0] if block is not None else b, G=g, BLOCK_M=bm, BLOCK_K=bk, ROTATE=block is not None,
                 NV=nv, RULE=RULE_IDS.get(rule, 0), GDIV=gdiv, INV_SQRT_B=factor, F32_DOT=INTERPRET, RUNS=runs,
-                num_warps=warps,
+                ARCH=ptx_arch(x.device), num_warps=warps,
                 **{k: v for k, v in zip(("num_stages", "maxnreg"), opts) if v})
-    args = (x2, h, packed, scales, gs, M, K, x2.stride(0))
+    args = (x2, h, packed, scales.view(torch.uint8), gs, M, K, x2.stride(0))  # (E4M3 as bytes: fp8 from sm_89)
     programs = persistent_programs(_rotate_quantize_kernel, args, meta, x.device, triton.cdiv(M, bm) * (K // bk),
                                    per_sm, sms)
     _rotate_quantize_kernel[(programs,)](*args, programs, **meta)

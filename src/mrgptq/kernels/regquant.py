@@ -101,7 +101,7 @@ def _rq_kernel(x_ptr, h_ptr, words_ptr, scale_ptr, gs_ptr, M, K, stride_xm, PROG
         y = warpgroup_mma(xa, h_smem, gl.zeros((R, W), gl.float32, MMA), use_acc=False)
         if INV_SQRT_B != 1.0:
             y = y * INV_SQRT_B
-        words, stored = _encode_runs(gl.reshape(y, (BLOCK_M, BLOCK_K)), gs, rcp_gs, BLOCK_M, BLOCK_K, NV, RULE)
+        words, stored = _encode_runs(gl.reshape(y, (BLOCK_M, BLOCK_K)), gs, rcp_gs, BLOCK_M, BLOCK_K, NV, RULE, 90)
 
         rows = rb * BLOCK_M + gl.arange(0, BLOCK_M, gl.SliceLayout(1, words.type.layout))
         wcols = kt * (BLOCK_K // 8) + gl.arange(0, BLOCK_K // 8, gl.SliceLayout(0, words.type.layout))

@@ -15,7 +15,8 @@ tokens, from shared memory; padding tokens are zeros). Three choices make the de
    half-word: pair 0 magnitude bits 0-2 and sign bit 9, pair 1 3-5 / 12, pair 2 6-8 / 10, pair 3 13-15 / 11;
    pairs 0 and 1 are one shift and one mask each, 2 and 3 two shifts, a mask and a lop3. ~1.4 instructions
    per code.
-3. Scales. One bf16x2 multiply per pair applies the group scale and undoes the 2^-126: the stored scale byte
+3. Scales. One bf16x2 multiply per pair (written as an fma with -0: `mul.bf16x2` needs sm_90, and ptxas makes
+   the fma that same multiply there) applies the group scale and undoes the 2^-126: the stored scale byte
    is re-encoded at load time so that (byte * 0x00800080) (MXFP4: exponent e + 106) or (byte * 0x00100010 +
    0x76007600) (NVFP4: E4M3 as a bf16 with 3 mantissa bits) is the bf16x2 scale times 2^126 * 2^D. Every
    product is exact (a 2-bit code times a 4-bit scale fits bf16's 8 bits); alpha absorbs 2^-D (D = -20 MXFP4,
@@ -44,25 +45,26 @@ MX_EXP_MAX = 148  # MXFP4 exponents (biased) the re-encoding keeps exact: e + 10
 
 # $0..$7: the 8 bf16 values of word $8 in (m, b) order; pairs 0, 1 times bf16x2 $9, pairs 2, 3 times $10.
 _DECODE_PTX = tl.constexpr("""{
-.reg .b32 a, b, c, d;
+.reg .b32 a, b, c, d, z;
+mov.b32 z, 0x80008000;
 shl.b32 a, $8, 6;
 and.b32 a, a, 0x81C081C0;
-mul.rn.bf16x2 a, a, $9;
+fma.rn.bf16x2 a, a, $9, z;
 mov.b32 {$0, $1}, a;
 shl.b32 b, $8, 3;
 and.b32 b, b, 0x81C081C0;
-mul.rn.bf16x2 b, b, $9;
+fma.rn.bf16x2 b, b, $9, z;
 mov.b32 {$2, $3}, b;
 shl.b32 c, $8, 5;
 and.b32 c, c, 0x80008000;
 lop3.b32 c, $8, 0x01C001C0, c, 0xEA;
-mul.rn.bf16x2 c, c, $10;
+fma.rn.bf16x2 c, c, $10, z;
 mov.b32 {$4, $5}, c;
 shl.b32 d, $8, 4;
 and.b32 d, d, 0x80008000;
 shr.b32 a, $8, 7;
 lop3.b32 d, a, 0x01C001C0, d, 0xEA;
-mul.rn.bf16x2 d, d, $10;
+fma.rn.bf16x2 d, d, $10, z;
 mov.b32 {$6, $7}, d;
 }""")
 

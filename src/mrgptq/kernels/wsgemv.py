@@ -30,7 +30,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from ..errors import MrgptqError
-from .fp4 import INTERPRET
+from .fp4 import INTERPRET, ptx_arch
 from .tcgemv import _DECODE_PTX, CHUNK, TcWeight, _workspace
 from .tcgemv import _pick as _tc_pick
 
@@ -209,8 +209,9 @@ def x_layout(mp: int):
 
 
 def gluon_ok(device: torch.device) -> bool:
-    """Whether this kernel runs here: a Hopper GPU (wgmma, setmaxnreg) and not Triton's CPU interpreter."""
-    return not INTERPRET and device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
+    """Whether this kernel runs here: a Hopper GPU (wgmma, setmaxnreg; `fp4.ptx_arch` 90) and not Triton's CPU
+    interpreter."""
+    return not INTERPRET and device.type == "cuda" and ptx_arch(device) == 90
 
 
 def _pick(M: int, N: int, K: int, sms: int) -> tuple[int, int, int]:

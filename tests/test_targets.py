@@ -1,0 +1,67 @@
+"""The kernels build for every GPU generation QuantLinear runs them on, checked on the CPU with Triton's own
+toolchain (`kernels/targets.py`): a PTX instruction or fp8 type an older GPU lacks fails only there, and the GPU
+tests run on a Hopper. Each check runs in a subprocess without TRITON_INTERPRET (the interpreter compiles
+nothing; conftest.py sets it for this process)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("triton")
+
+ARCHES = (80, 86, 89, 90, 100, 120)
+
+
+def _python(args, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")  # compile for real, not from an earlier run's cache
+    return subprocess.run([sys.executable, *args], check=False, env=env, capture_output=True, text=True, timeout=1500)
+
+
+def test_every_kernel_launch_builds_for_every_target_gpu(tmp_path):
+    """Every launch the wrappers make (captured on CPU tensors with each target's code paths) compiles to a
+    cubin for sm_80 (A100) through sm_120 (RTX 50xx); FP8 conversion is refused below sm_89, the Gluon kernels
+    are built for Hopper only."""
+    r = _python(["-m", "mrgptq.kernels.targets", "--arch", ",".join(map(str, ARCHES))], tmp_path)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    built = {(int(ln.split()[0][3:]), ln[8:43].strip()) for ln in r.stdout.splitlines()
+             if ln.startswith("sm_") and ln.endswith(" ok")}
+    for arch in ARCHES:
+        for case in ("tc_gemv mxfp4", "tc_gemv nvfp4", "rotate_quantize mxfp4 b32", "rotate_quantize nvfp4 b16",
+                     "fp4_gemv nvfp4", "fp4_matmul w4a4 mxfp4", "fp4_matmul w4a4 nvfp4",
+                     "dequantize nvfp4 bfloat16", "gptq lazy block"):
+            assert (arch, case) in built, (arch, case)
+        assert ((arch, "fp8_rows mxfp4") in built) == (arch >= 89), arch
+    assert not any(case.startswith(("row_gemv", "ws_gemv")) for arch, case in built if arch != 90)
+
+
+def test_the_check_catches_an_instruction_the_target_lacks(tmp_path):
+    """A kernel with Hopper's mul.bf16x2 (what tc_gemv's decode used before it became an fma with -0) fails for
+    sm_80 and sm_89 with ptxas' reason, and builds for sm_90."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(textwrap.dedent('''
+        import torch
+        import triton
+        import triton.language as tl
+
+        from mrgptq.kernels import targets
+
+        @triton.jit
+        def _mul(x_ptr):
+            x = tl.load(x_ptr)
+            y = tl.inline_asm_elementwise("mul.rn.bf16x2 $0, $1, $1;", "=r,r", [x], dtype=tl.int32, is_pure=True,
+                                          pack=1)
+            tl.store(x_ptr, y)
+
+        launch = targets.Launch("probe", _mul, (torch.ones(4, dtype=torch.int32),), {})
+        for arch in (80, 89, 90):
+            print("RESULT", arch, targets.compile_launch(launch, arch).error)
+    '''))
+    r = _python([str(probe)], tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+    out = dict(ln.split(" ", 2)[1:] for ln in r.stdout.splitlines() if ln.startswith("RESULT "))
+    assert "mul.bf16x2" in out["80"] and "sm_90" in out["80"], out
+    assert "mul.bf16x2" in out["89"], out
+    assert out["90"] == "None", out

@@ -36,8 +36,8 @@ def test_every_kernel_launch_builds_for_every_target_gpu(tmp_path):
     outs = [p.communicate(timeout=1500) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, out[-4000:] + err[-4000:]
-    built = {(int(ln.split()[0][3:]), ln[8:43].strip()) for out, _ in outs for ln in out.splitlines()
-             if ln.startswith("sm_") and ln.endswith(" ok")}
+    rows = [[f.strip() for f in ln.split(" | ")] for out, _ in outs for ln in out.splitlines() if ln.startswith("sm_")]
+    built = {(int(r[0][3:]), r[1]) for r in rows if r[-1] == "ok"}
     for arch in ARCHES:
         for case in ("tc_gemv mxfp4", "tc_gemv nvfp4", "rotate_quantize mxfp4 b32", "rotate_quantize nvfp4 b16",
                      "fp4_gemv nvfp4", "fp4_matmul w4a4 mxfp4", "fp4_matmul w4a4 nvfp4",

@@ -193,13 +193,23 @@ def check(arches=DEFAULT_ARCHES, progress=None) -> list[Result]:
         raise MrgptqError("kernels.targets: unset TRITON_INTERPRET (the interpreter compiles nothing)")
     results = []
     for arch in arches:
-        got, refused = launches(arch)
-        results += refused
-        for launch in got:
-            results.append(compile_launch(launch, arch))
+        for result in _built(arch):
+            results.append(result)
             if progress:
-                progress(results[-1])
+                progress(result)
     return results
+
+
+def _built(arch: int):
+    """The wrappers' refusals at this target, then each launch's build, as it finishes."""
+    got, refused = launches(arch)
+    yield from refused
+    for launch in got:
+        yield compile_launch(launch, arch)
+
+
+def _status(error: str | None) -> str:
+    return "ok" if error is None else error if error.startswith("refused") else f"FAILED: {error}"
 
 
 def main(argv=None) -> int:
@@ -208,8 +218,8 @@ def main(argv=None) -> int:
                     help="compute capabilities to build for, comma-separated (80 = sm_80)")
     args = ap.parse_args(argv)
     arches = [int(a) for a in args.arch.split(",")]
-    res = check(arches, progress=lambda r: print(f"sm_{r.arch:<4} {r.case:34s} {r.kernel:26s} "
-                                                 f"{'ok' if r.error is None else 'FAILED: ' + r.error}", flush=True))
+    res = check(arches, progress=lambda r: print(f"sm_{r.arch:<3} | {r.case:37s} | {r.kernel:24s} | "
+                                                 f"{_status(r.error)}", flush=True))
     failed = [r for r in res if r.error and not r.error.startswith("refused")]
     print(f"{len(res) - len(failed)} of {len(res)} launch builds compiled or were refused by their wrapper "
           f"({sum(1 for r in res if r.error and r.error.startswith('refused'))} refused); {len(failed)} failed")

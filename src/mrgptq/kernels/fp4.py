@@ -14,6 +14,8 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # CPU interpreter: numpy has no bf16, dot in fp32
+FP8_ARCH = 89  # FP8 types, conversions and tensor cores from sm_89 (Ada) on
+_FP8_ARCH = tl.constexpr(FP8_ARCH)  # (for the kernels)
 
 
 @functools.cache
@@ -158,7 +160,7 @@ def e4m3_saturate(v, ARCH: tl.constexpr):
     448 (formats.scales: min(v, 448), then the cast). From sm_89 (ARCH, `ptx_arch`) one satfinite conversion
     and its inverse (inline PTX), ~4 instructions; by hand (`e4m3_round`, ~14) before it and in the interpreter
     (ARCH 0)."""
-    if ARCH < 89:
+    if ARCH < _FP8_ARCH:
         r = e4m3_round(tl.minimum(v, 448.0))
         return e4m3_bits(r), r
     return tl.inline_asm_elementwise(_E4M3_SAT, "=r,=f,f", [v], dtype=(tl.int32, tl.float32), is_pure=True, pack=1)

@@ -19,7 +19,7 @@ import triton.language as tl
 
 from ..errors import MrgptqError
 from ..formats import FormatSpec
-from .fp4 import pow2, ptx_arch
+from .fp4 import FP8_ARCH, pow2, ptx_arch
 from .gemm import PAIR_TILE, pair_offsets, pair_operand, pair_tiles, pairs_e4m3
 
 
@@ -43,7 +43,7 @@ def fp8_rows(packed: torch.Tensor, scales: torch.Tensor, spec: FormatSpec, confi
     `config` = (rows, elements per row, warps) per program overrides the default tile."""
     if spec.scale_dtype != "e8m0" or not spec.is_fp4:
         raise MrgptqError(f"fp8_rows: {spec.name} has no exact E4M3 form (only MXFP4 does)")
-    if 0 < ptx_arch(packed.device) < 89:
+    if 0 < ptx_arch(packed.device) < FP8_ARCH:
         raise MrgptqError("fp8_rows: FP8 needs an Ada or newer GPU (sm_89+); use gemm.dequantize here")
     N, K = packed.shape[0], packed.shape[1] * 2
     G = spec.group_size
@@ -60,7 +60,7 @@ def fp8_rows(packed: torch.Tensor, scales: torch.Tensor, spec: FormatSpec, confi
 
 def has_fp8_gemm(device) -> bool:
     """torch._scaled_mm with rowwise scales needs compute capability 8.9 (Ada) or 9.x (Hopper)."""
-    return device.type == "cuda" and hasattr(torch, "_scaled_mm") and ptx_arch(device) >= 89
+    return device.type == "cuda" and hasattr(torch, "_scaled_mm") and ptx_arch(device) >= FP8_ARCH
 
 
 def fp8_matmul(a8, ra, w8, rw, alpha: float = 1.0, out_dtype=torch.bfloat16) -> torch.Tensor:

@@ -15,7 +15,17 @@ import triton.language as tl
 
 from ..errors import MrgptqError
 from ..formats import FormatSpec
-from .fp4 import INTERPRET, e2m1_decode, e4m3_bits, e4m3_value, pow2, ptx_arch, round_bf16, store_rounded
+from .fp4 import (
+    FP8_ARCH,
+    INTERPRET,
+    e2m1_decode,
+    e4m3_bits,
+    e4m3_value,
+    pow2,
+    ptx_arch,
+    round_bf16,
+    store_rounded,
+)
 
 
 @triton.jit
@@ -135,7 +145,7 @@ def _bytes(scales: torch.Tensor) -> torch.Tensor:
 
 def fp8_dot(device: torch.device) -> bool:
     """FP8 tensor cores (Ada, Hopper and later) or the interpreter, whose dot runs in float32."""
-    return INTERPRET or ptx_arch(device) >= 89
+    return INTERPRET or ptx_arch(device) >= FP8_ARCH
 
 
 def _sm_count(device) -> int:

@@ -99,12 +99,9 @@ def _encode_runs(y, gs, rcp_gs, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, NV
         stored, eff, d, rcp_d = _nv_scales(_abs_max3(yg), gs, rcp_gs, False, ARCH)
         v = div_rn_by(yg, d[:, :, None, None, None], rcp_d[:, :, None, None, None], False)
         v0, v1, v2, v3, v4, v5, v6, v7 = _eight(tl.reshape(v, (BLOCK_M, CN, 4, 4, 2)))
-        if ARCH >= 90:
-            words = tl.inline_asm_elementwise(_PTX_NV8, "=r,r,r,r,r,r,r,r,r", [v0, v1, v2, v3, v4, v5, v6, v7],
-                                              dtype=tl.int32, is_pure=True, pack=1)
-        else:
-            words = tl.inline_asm_elementwise(_PTX_NV8_SM80, "=r,r,r,r,r,r,r,r,r", [v0, v1, v2, v3, v4, v5, v6, v7],
-                                              dtype=tl.int32, is_pure=True, pack=1)
+        PTX: tl.constexpr = _PTX_NV8 if ARCH >= 90 else _PTX_NV8_SM80
+        words = tl.inline_asm_elementwise(PTX, "=r,r,r,r,r,r,r,r,r", [v0, v1, v2, v3, v4, v5, v6, v7],
+                                          dtype=tl.int32, is_pure=True, pack=1)
         words = tl.where(_per_word(eff > 0, yg, y), words, 0)  # a zero scale: its codes are 0 (formats.quantize)
     else:  # bf16 rounding is monotone: the max of the rounded values is the rounded max
         amax = bf16_round_trip(_abs_max3(yg), False)

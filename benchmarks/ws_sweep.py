@@ -22,6 +22,7 @@ import triton.language as tl
 sys.path.insert(0, os.path.dirname(__file__))
 import kernels as kb
 
+from mrgptq.kernels import LAUNCH
 from mrgptq.kernels.gemm import _sm_count
 from mrgptq.kernels.quantize import rotate
 from mrgptq.kernels.tcgemv import tc_gemv
@@ -48,7 +49,7 @@ def stream_read_best(flat, n_w):
                 P = min(nb, per_sm * sms) if per_sm else nb
 
                 def f(i, P=P, block=block, nb=nb, warps=warps):
-                    _stream_read[(P,)](flat[i], out, nb, P, BLOCK=block, num_warps=warps)
+                    _stream_read[(P,)](flat[i], out, nb, P, BLOCK=block, num_warps=warps, **LAUNCH)
                 t = kb.bench(f, n_w) * 1e6
                 best = min(best, (t, (block * 4, warps, per_sm or "all")))
     return best

@@ -148,8 +148,8 @@ def test_gluon_rotate_quantize_is_the_triton_kernel_bit_for_bit(fmt, rule, block
 
 def test_gluon_kernels_run_only_on_the_tritons_they_are_written_for(monkeypatch):
     """Gluon's API changes between Triton releases (3.9 removed async_copy_global_to_shared and thread_barrier):
-    the Gluon kernels run on GLUON_TRITON releases only, the Triton-language kernels elsewhere; MRGPTQ_GLUON
-    forces either way."""
+    the Gluon kernels run on the GLUON_TRITON releases they were checked on (3.6, 3.9), the Triton-language
+    kernels elsewhere; MRGPTQ_GLUON forces either way."""
     import importlib.util
 
     from mrgptq import kernels
@@ -157,7 +157,8 @@ def test_gluon_kernels_run_only_on_the_tritons_they_are_written_for(monkeypatch)
     if importlib.util.find_spec("triton.experimental.gluon") is None:
         pytest.skip("this Triton ships no Gluon")
     monkeypatch.delenv("MRGPTQ_GLUON", raising=False)
-    for version, on in (("3.6.0", True), ("3.6.1+git0123", True), ("3.5.1", False), ("3.9.0", False)):
+    for version, on in (("3.6.0", True), ("3.6.1+git0123", True), ("3.5.1", False), ("3.7.0", False),
+                        ("3.9.0", True), ("3.10.0", False)):
         monkeypatch.setattr(triton, "__version__", version)
         kernels.has_gluon.cache_clear()
         assert kernels.has_gluon() == on, version

@@ -65,24 +65,36 @@ def _operands(x2: torch.Tensor, module):
     return (x2 if block is None else rotate(x2, block)), None
 
 
-GLUON_TRITON = ((3, 6),)  # the Triton releases whose Gluon API the Gluon kernels use, checked on a GPU
+# Every launch asks for fused multiply-adds (FMA contraction) by name rather than through Triton's default: the
+# kernels' speed and the bit-for-bit checks were measured with it, Triton 3.9 warns when the default is used, and
+# 3.10 turns the default off.
+LAUNCH = {"enable_fp_fusion": True}
+
+GLUON_TRITON = ((3, 6), (3, 9))  # the Triton releases the Gluon kernels have run on, checked on a GPU
+
+
+def triton_release() -> tuple[int, int] | None:
+    """(major, minor) of the installed Triton; None without one."""
+    if not _has_triton():
+        return None
+    import triton
+
+    m = re.match(r"(\d+)\.(\d+)", triton.__version__)
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 @functools.cache
 def has_gluon() -> bool:
-    """This Triton ships Gluon in the API the Gluon kernels (ws_gemv, row_gemv, regquant) are written in. Gluon
-    is experimental and changes between releases (3.9 renamed async_copy_global_to_shared to async_load, removed
-    thread_barrier and changed warp_specialize's arguments), so only GLUON_TRITON releases use it; elsewhere
-    the Triton-language kernels run. MRGPTQ_GLUON=1 tries it on any Triton that ships Gluon, =0 turns it off."""
+    """This Triton ships Gluon in an API the Gluon kernels (ws_gemv, row_gemv, regquant) have run on. Gluon is
+    experimental and changes between releases (`gluonapi.py` bridges 3.6 and 3.9), so only GLUON_TRITON
+    releases use it; elsewhere the Triton-language kernels run. MRGPTQ_GLUON=1 tries it on any Triton that
+    ships Gluon, =0 turns it off."""
     if not _has_triton() or importlib.util.find_spec("triton.experimental.gluon") is None:
         return False
     force = os.environ.get("MRGPTQ_GLUON")
     if force in ("0", "1"):
         return force == "1"
-    import triton
-
-    m = re.match(r"(\d+)\.(\d+)", triton.__version__)
-    return bool(m) and (int(m.group(1)), int(m.group(2))) in GLUON_TRITON
+    return triton_release() in GLUON_TRITON
 
 
 @functools.cache

@@ -19,6 +19,7 @@ import triton.language as tl
 
 from ..errors import MrgptqError
 from ..formats import FormatSpec
+from . import LAUNCH
 from .fp4 import FP8_ARCH, pow2, ptx_arch
 from .gemm import PAIR_TILE, pair_offsets, pair_operand, pair_tiles, pairs_e4m3
 
@@ -54,7 +55,7 @@ def fp8_rows(packed: torch.Tensor, scales: torch.Tensor, spec: FormatSpec, confi
     emax = scales.amax(dim=1)  # the row's largest group exponent (biased, uint8)
     r, e, w = config or PAIR_TILE
     grid, T = pair_tiles(N, K, G, r, e)
-    _fp8_rows_kernel[grid](packed, scales, emax, out.view(torch.int16), rs, N, K, R=r, T=T, G=G, num_warps=w)
+    _fp8_rows_kernel[grid](packed, scales, emax, out.view(torch.int16), rs, N, K, R=r, T=T, G=G, num_warps=w, **LAUNCH)
     return out, rs
 
 

@@ -15,6 +15,7 @@ import triton.language as tl
 
 from ..errors import MrgptqError
 from ..formats import FormatSpec
+from . import LAUNCH
 from .fp4 import (
     FP8_ARCH,
     INTERPRET,
@@ -275,7 +276,7 @@ def dequantize(packed: torch.Tensor, scales: torch.Tensor, spec: FormatSpec, glo
     r, e, w = config or PAIR_TILE
     grid, T = pair_tiles(N, K, G, r, e)
     _dequant_kernel[grid](packed, _bytes(scales), out if kind == 0 else out.view(torch.int32), N, K,
-                          float(global_scale), R=r, T=T, G=G, NV=spec.scale_dtype == "e4m3", OUT=kind, num_warps=w)
+                          float(global_scale), R=r, T=T, G=G, NV=spec.scale_dtype == "e4m3", OUT=kind, num_warps=w, **LAUNCH)
     return out
 
 
@@ -325,6 +326,6 @@ def fp4_matmul(a, w_packed, w_scales, spec: FormatSpec, alpha: float = 1.0, a_sc
         a, _bytes(a_scales) if a_fp4 else a, w_packed, _bytes(w_scales), c, alpha, M, N, K, a.stride(0), c.stride(0),
         G=g, BM=bm, BN=bn, BK=bk, SPLIT_K=split, A_FP4=a_fp4, NV=nv, FP8=a_fp4 and not nv and fp8_dot(a.device),
         F32_DOT=INTERPRET,
-        num_warps=warps, num_stages=stages,
+        num_warps=warps, num_stages=stages, **LAUNCH,
     )
     return split_k_result(c, split, out, out_dtype)

@@ -21,6 +21,7 @@ import triton.language as tl
 
 from ..errors import MrgptqError
 from ..formats import FormatSpec
+from . import LAUNCH
 from .fp4 import INTERPRET, e2m1_decode, e4m3_value, pow2, store_rounded
 from .gemm import _bytes, split_k_result, split_k_target
 
@@ -156,5 +157,5 @@ def fp4_gemv(x: torch.Tensor, w_packed: torch.Tensor, w_scales: torch.Tensor, sp
     grid = (triton.cdiv(N, bn), M, split)
     _gemv_kernel[grid](x, words, _bytes(w_scales), y, alpha, N, K, K, y.stride(0),
                        G=G, BN=bn, BW=bw, SPLIT_K=split, NV=spec.scale_dtype == "e4m3",
-                       LUT=(not INTERPRET) if lut is None else lut, num_warps=warps, num_stages=stages)
+                       LUT=(not INTERPRET) if lut is None else lut, num_warps=warps, num_stages=stages, **LAUNCH)
     return split_k_result(y, split, out, out_dtype)

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from ..errors import MrgptqError
+from . import LAUNCH
 from .fp4 import e2m1_decode, e2m1_encode
 
 BLOCK_ROWS = 16
@@ -59,4 +60,4 @@ def lazy_block(W1: torch.Tensor, U1: torch.Tensor, S1: torch.Tensor, codes: torc
             raise MrgptqError("gptq lazy block: tensors must be contiguous in their last dimension")
     grid = (triton.cdiv(rows, BLOCK_ROWS),)
     _gptq_lazy_block[grid](W1, U1, S1, codes, errs, rows, start, stop, W1.stride(0), U1.stride(0), S1.stride(0),
-                           codes.stride(0), errs.stride(0), NB=nb, BLOCK_R=BLOCK_ROWS)
+                           codes.stride(0), errs.stride(0), NB=nb, BLOCK_R=BLOCK_ROWS, **LAUNCH)

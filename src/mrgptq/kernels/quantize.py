@@ -13,6 +13,7 @@ import triton.language as tl
 from ..errors import MrgptqError
 from ..formats import FormatSpec
 from ..transforms.hadamard import sylvester
+from . import LAUNCH
 from .bf16x2 import ROUND_PAIR, column_order, encode_ptx
 from .fp4 import (
     INTERPRET,
@@ -265,7 +266,7 @@ def rotate(x: torch.Tensor, block: int, block_m: int | None = None) -> torch.Ten
     grid = (triton.cdiv(x2.shape[0], block_m), K // block_k)
     h, factor = _hadamard_pm1(block, x.device)
     _rotate_kernel[grid](x2, h, y, x2.shape[0], K, x2.stride(0), B=block, BLOCK_M=block_m, BLOCK_K=block_k,
-                         INV_SQRT_B=factor, F32_DOT=INTERPRET)
+                         INV_SQRT_B=factor, F32_DOT=INTERPRET, **LAUNCH)
     return y.reshape(x.shape)
 
 
@@ -394,7 +395,7 @@ def rotate_quantize(x: torch.Tensor, spec: FormatSpec, block: int | None, rule: 
         return packed.reshape(*x.shape[:-1], K // 2), scales.reshape(*x.shape[:-1], K // g)
     meta = dict(B=h.shape[0] if block is not None else b, G=g, BLOCK_M=bm, BLOCK_K=bk, ROTATE=block is not None,
                 NV=nv, RULE=RULE_IDS.get(rule, 0), GDIV=gdiv, INV_SQRT_B=factor, F32_DOT=INTERPRET, RUNS=runs,
-                ARCH=ptx_arch(x.device), num_warps=warps,
+                ARCH=ptx_arch(x.device), num_warps=warps, **LAUNCH,
                 **{k: v for k, v in zip(("num_stages", "maxnreg"), opts) if v})
     args = (x2, h, packed, scales.view(torch.uint8), gs, M, K, x2.stride(0))  # (E4M3 as bytes: fp8 from sm_89)
     programs = persistent_programs(_rotate_quantize_kernel, args, meta, x.device, triton.cdiv(M, bm) * (K // bk),

@@ -28,6 +28,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma
 
 from ..errors import MrgptqError
+from . import LAUNCH
+from .gluonapi import barrier
 from .quantize import _advance, _encode_runs, _first_unit
 
 
@@ -74,7 +76,7 @@ def _rq_kernel(x_ptr, h_ptr, words_ptr, scale_ptr, gs_ptr, M, K, stride_xm, PROG
     h = gl.load(h_ptr + hr[:, None] * W + hc[None, :]).to(gl.bfloat16)
     h_smem = gl.allocate_shared_memory(gl.bfloat16, [W, W], HSL, h)
     fence_async_shared()  # written by the threads, read by the wgmma (async proxy)
-    gl.thread_barrier()  # here, once: otherwise the barrier for H lands in the loop, a CTA barrier every unit
+    barrier()  # here, once: otherwise the barrier for H lands in the loop, a CTA barrier every unit
 
     r = gl.arange(0, R, gl.SliceLayout(1, XL))
     xrow = r // (BLOCK_K // W)
@@ -141,7 +143,7 @@ def launch(x2: torch.Tensor, h: torch.Tensor, factor: float, packed: torch.Tenso
     M, K = x2.shape
     args = (x2, _H_ROWS[key], packed.view(torch.int32), scales.view(torch.uint8), gs, M, K, x2.stride(0))
     meta = dict(W=w, BLOCK_M=block_m, BLOCK_K=block_k, NV=nv, RULE=rule_id, INV_SQRT_B=factor, PREFETCH=prefetch or 1,
-                XL=x_layout(block_m * block_k // w, w), HSL=h_layout(w), num_warps=4,
+                XL=x_layout(block_m * block_k // w, w), HSL=h_layout(w), num_warps=4, **LAUNCH,
                 **({"maxnreg": maxnreg} if maxnreg else {}))
     programs = persistent_programs(_rq_kernel, args, meta, x2.device, -(-M // block_m) * (K // block_k), per_sm, sms)
     _rq_kernel[(programs,)](*args, programs, **meta)

@@ -14,9 +14,11 @@ Every warp streams its range through a ring of S stages with cp.async: 16-byte c
 no bank conflicts (`_x_view`): copying all 8 tokens of the MMA tile at M = 1, as session 17 did, cost 8B gate_up
 24.5 against 23.2 us and down 15.4 against 14.3 (MXFP4, H200, session 18). A stage's x buffer holds only those
 tokens (1 KB at one row, was 8 KB): a program of 2 stages takes 19 KB of shared memory instead of 26, one of 4
-stages 31 KB instead of 52 (MXFP4). At the default depths that changed no time (session 19). As no warp reads
-another's bytes, the loop's barriers are warp barriers (`warpbarrier.py`): 1-9% faster than the CTA barriers
-Gluon puts there, bit for bit the same (H200, session 20).
+stages 31 KB instead of 52 (MXFP4). At the default depths that changed no time (session 19). Triton 3.9 refuses
+a view larger than its buffer, so there a stage holds the tile's MP tokens (`gluonapi.OUTGROWING_VIEWS`; 4 stages
+53 KB at one row): no slower on the H200 than 3.6's build (session 23). As no warp reads another's bytes, the
+loop's barriers are warp barriers (`warpbarrier.py`): 1-9% faster than the CTA barriers Gluon puts there, bit for
+bit the same (H200, session 20).
 """
 from __future__ import annotations
 
@@ -29,7 +31,9 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
 from ..errors import MrgptqError
+from . import LAUNCH
 from .gemm import _sm_count
+from .gluonapi import OUTGROWING_VIEWS, async_load, reinterpret
 from .tcgemv import CHUNK, TcWeight
 from .warpbarrier import install as _warp_barriers
 from .warpbarrier import mark
@@ -46,10 +50,10 @@ def _issue(w_ptr, s_ptr, x_ptr, w_s, s_s, x_s, st, step, per, w_off, s_off, x_of
            KW: gl.constexpr, MC: gl.constexpr, XW: gl.constexpr):
     """Step `step` of every warp's range into stage st, one cp.async group (nothing past the range is read)."""
     live = step < per
-    async_copy.async_copy_global_to_shared(w_s.index(st), w_ptr + step * 1024 + w_off, mask=(w_off >= 0) & live)
-    async_copy.async_copy_global_to_shared(s_s.index(st), s_ptr + step * (64 * SW) + s_off, mask=(s_off >= 0) & live)
-    async_copy.async_copy_global_to_shared(x_s.index(st)._reinterpret(gl.bfloat16, [KW, 16, MC, 8], XW),
-                                           x_ptr + step * 128 + x_off, mask=x_mask & live)
+    async_load(w_s.index(st), w_ptr + step * 1024 + w_off, mask=(w_off >= 0) & live)
+    async_load(s_s.index(st), s_ptr + step * (64 * SW) + s_off, mask=(s_off >= 0) & live)
+    async_load(reinterpret(x_s.index(st), gl.bfloat16, [KW, 16, MC, 8], XW), x_ptr + step * 128 + x_off,
+               mask=x_mask & live)
     async_copy.commit_group()
 
 
@@ -57,7 +61,7 @@ def _issue(w_ptr, s_ptr, x_ptr, w_s, s_s, x_s, st, step, per, w_off, s_off, x_of
 def _row_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, alpha, ra_ptr, M, N, K, stride_xm, stride_ym,
                      S: gl.constexpr, MP: gl.constexpr, KW: gl.constexpr, NV: gl.constexpr,
                      ROW_ALPHA: gl.constexpr, WL: gl.constexpr, MC: gl.constexpr, XV: gl.constexpr,
-                     XW: gl.constexpr, WB: gl.constexpr):
+                     XW: gl.constexpr, XS: gl.constexpr, WB: gl.constexpr):
     """Program p: rows 16 p .. 16 p + 15 (brick row block p // 4, its rows 16 (p % 4) + i); warp w: k chunks
     [w per, (w + 1) per) of them, per = K / (128 KW)."""
     pid = gl.program_id(0)
@@ -101,8 +105,9 @@ def _row_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, alpha, ra_ptr, M, N, K, stride_
 
     w_s = gl.allocate_shared_memory(gl.int32, [S, KW, 16, 4, 4], gl.SwizzledSharedLayout(1, 1, 1, [3, 2, 1, 0]))
     s_s = gl.allocate_shared_memory(gl.int32, [S, KW, 16, 4, SW], gl.SwizzledSharedLayout(1, 1, 1, [3, 2, 1, 0]))
-    # S stages of MC tokens, and room for the last stage's reads of the MMA tile's tokens past MC
-    x_s = gl.allocate_shared_memory(gl.bfloat16, [S + MP // MC - 1, KW, 16, MC, 8],
+    # S stages of XS tokens (MC, or MP where views may not outgrow their source), and room for the last
+    # stage's reads of the MMA tile's tokens past XS
+    x_s = gl.allocate_shared_memory(gl.bfloat16, [S + MP // XS - 1, KW, 16, XS, 8],
                                     gl.SwizzledSharedLayout(1, 1, 1, [3, 2, 1, 0]))
     for pre in gl.static_range(S - 1):
         _issue(w_ptr, s_ptr, x_ptr, w_s, s_s, x_s, pre, pre, per, w_off, s_off, x_off, x_mask, SW, KW, MC, XW)
@@ -131,7 +136,7 @@ def _row_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, alpha, ra_ptr, M, N, K, stride_
         a = gl.reshape(a, (KW, 16, 4, 4, 4, 2))
         a = gl.permute(a, (0, 1, 3, 4, 2, 5))  # k = 32 v + 8 m + 2 t + b
         a = gl.convert_layout(gl.reshape(a, (KW, 16, 128)), AL, assert_trivial=True)
-        xb = x_s.index(cur)._reinterpret(gl.bfloat16, [KW, 128, MP], XV).load(BL)
+        xb = reinterpret(x_s.index(cur), gl.bfloat16, [KW, 128, MP], XV).load(BL)
         acc = mma_v2(a, xb, acc)
     async_copy.wait_group(0)
     tot = gl.sum(acc, axis=0)  # (16, MP): the warps' K ranges
@@ -221,6 +226,7 @@ def row_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tenso
         x, tw.words, tw.scales.view(torch.int32), y, alpha * 2.0 ** tw.shift, y if ra is None else ra, M, N, K,
         x.stride(0), y.stride(0), S=stages, MP=mp, KW=warps,
         NV=tw.spec.scale_dtype == "e4m3", ROW_ALPHA=ra is not None, WL=_words_layout(warps),
-        MC=mc, XV=_x_view(warps, mp), XW=_x_copy_view(warps, mc), WB=warp_barriers, num_warps=warps)
+        MC=mc, XV=_x_view(warps, mp), XW=_x_copy_view(warps, mc), XS=mc if OUTGROWING_VIEWS else mp,
+        WB=warp_barriers, num_warps=warps, **LAUNCH)
     return y
 

@@ -25,7 +25,7 @@ import torch
 from ..errors import MrgptqError
 
 DEFAULT_ARCHES = (80, 86, 89, 90, 100, 120)  # A100; RTX 30xx, A10; L4, L40S, RTX 40xx; H100, H200; B200; RTX 50xx
-_OPTIONS = ("num_warps", "num_stages", "maxnreg", "num_ctas")
+_OPTIONS = ("num_warps", "num_stages", "maxnreg", "num_ctas", "enable_fp_fusion")
 _TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int64: "i64",
           torch.int32: "i32", torch.int16: "i16", torch.int8: "i8", torch.uint8: "u8", torch.float8_e4m3fn: "fp8e4nv"}
 

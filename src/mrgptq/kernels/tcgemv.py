@@ -37,6 +37,7 @@ import triton.language as tl
 
 from ..errors import MrgptqError
 from ..formats import FormatSpec, unpack
+from . import LAUNCH
 from .fp4 import INTERPRET, store_rounded
 
 CHUNK = 128  # k per layout chunk (16 words): the packing is defined per chunk
@@ -340,5 +341,5 @@ def tc_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out_dtype=torch.b
     _tc_gemv_kernel[grid](x, tw.words, scales, y, ws, cnt, alpha * 2.0 ** tw.shift, y if ra is None else ra, M, N,
                           K, x.stride(0), y.stride(0), split, BN=bn, BW=bw, MP=mp,
                           PF=pf, SPLIT=split > 1, NV=nv, LUT=(not INTERPRET) if lut is None else lut,
-                          ROW_ALPHA=ra is not None, num_warps=warps, num_stages=1)
+                          ROW_ALPHA=ra is not None, num_warps=warps, num_stages=1, **LAUNCH)
     return y

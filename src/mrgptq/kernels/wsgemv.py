@@ -30,7 +30,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from ..errors import MrgptqError
+from . import LAUNCH
 from .fp4 import INTERPRET, ptx_arch
+from .gluonapi import async_load, barrier
 from .tcgemv import _DECODE_PTX, CHUNK, TcWeight, _workspace
 from .tcgemv import _pick as _tc_pick
 
@@ -51,10 +53,9 @@ def _stack4(a, b, c, d):
 def _copy_weights(w_ptr, s_ptr, w_bufs, s_bufs, u, st, w_off, s_off, KB: gl.constexpr, SW: gl.constexpr):
     for j in gl.static_range(KB):
         b = u * KB + j
-        async_copy.async_copy_global_to_shared(w_bufs.index(st * KB + j), w_ptr + b * 1024 + w_off)
+        async_load(w_bufs.index(st * KB + j), w_ptr + b * 1024 + w_off)
         for w in gl.static_range(SW):  # row r's word w (stored (row, word)) lands at [(stage, w), r]
-            async_copy.async_copy_global_to_shared(s_bufs.index((st * KB + j) * SW + w),
-                                                   s_ptr + b * (64 * SW) + w + s_off)
+            async_load(s_bufs.index((st * KB + j) * SW + w), s_ptr + b * (64 * SW) + w + s_off)
 
 
 @gluon.jit
@@ -78,8 +79,7 @@ def _producer(x_ptr, w_ptr, s_ptr, w_bufs, s_bufs, x_bufs, ready, empty, M, stri
         _copy_weights(w_ptr, s_ptr, w_bufs, s_bufs, u, st, w_off, s_off, KB, SW)
         t = u % steps
         for j in gl.static_range(KB):
-            async_copy.async_copy_global_to_shared(x_bufs.index(st * KB + j), x_ptr + (t * KB + j) * 128 + x_off,
-                                                   mask=x_mask)
+            async_load(x_bufs.index(st * KB + j), x_ptr + (t * KB + j) * 128 + x_off, mask=x_mask)
         async_copy.mbarrier_arrive(ready.index(st), increment_count=False)
 
 
@@ -136,7 +136,7 @@ def _flush(acc, n, a_beg, a_end, y_ptr, ws_ptr, cnt_ptr, alpha, ra_ptr, M, N, st
         part = ws_ptr + rd[:, None] * MP + rm[None, :]
         slot = 2 * p + (a_beg != u0).to(gl.int32)
         gl.store(part + slot * (64 * MP), acc)
-        gl.thread_barrier()
+        barrier()
         pf = ((n * steps + 1) * P - 1) // U  # the programs whose unit ranges meet tile n
         pl = ((n + 1) * steps * P - 1) // U
         done = gl.atomic_add(cnt_ptr + n, 1, sem="acq_rel", scope="gpu")
@@ -261,5 +261,5 @@ def ws_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tensor
     _ws_gemv_kernel[(P,)](x, tw.words, tw.scales.view(torch.int32), y, ws, cnt, alpha * 2.0 ** tw.shift,
                           y if ra is None else ra, M, N, K, x.stride(0), y.stride(0), S=stages, MP=mp,
                           PREGS=pregs[bricks > 1], XSL=x_layout(mp), WL=WORDS, KB=bricks,
-                          NV=tw.spec.scale_dtype == "e4m3", ROW_ALPHA=ra is not None, num_warps=4, maxnreg=maxnreg)
+                          NV=tw.spec.scale_dtype == "e4m3", ROW_ALPHA=ra is not None, num_warps=4, maxnreg=maxnreg, **LAUNCH)
     return y

@@ -276,7 +276,8 @@ def dequantize(packed: torch.Tensor, scales: torch.Tensor, spec: FormatSpec, glo
     r, e, w = config or PAIR_TILE
     grid, T = pair_tiles(N, K, G, r, e)
     _dequant_kernel[grid](packed, _bytes(scales), out if kind == 0 else out.view(torch.int32), N, K,
-                          float(global_scale), R=r, T=T, G=G, NV=spec.scale_dtype == "e4m3", OUT=kind, num_warps=w, **LAUNCH)
+                          float(global_scale), R=r, T=T, G=G, NV=spec.scale_dtype == "e4m3", OUT=kind, num_warps=w,
+                          **LAUNCH)
     return out
 
 

@@ -261,5 +261,6 @@ def ws_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tensor
     _ws_gemv_kernel[(P,)](x, tw.words, tw.scales.view(torch.int32), y, ws, cnt, alpha * 2.0 ** tw.shift,
                           y if ra is None else ra, M, N, K, x.stride(0), y.stride(0), S=stages, MP=mp,
                           PREGS=pregs[bricks > 1], XSL=x_layout(mp), WL=WORDS, KB=bricks,
-                          NV=tw.spec.scale_dtype == "e4m3", ROW_ALPHA=ra is not None, num_warps=4, maxnreg=maxnreg, **LAUNCH)
+                          NV=tw.spec.scale_dtype == "e4m3", ROW_ALPHA=ra is not None, num_warps=4, maxnreg=maxnreg,
+                          **LAUNCH)
     return y

@@ -23,6 +23,8 @@ ap.add_argument("--m", type=int, default=1, help="rows of x (tokens)")
 ap.add_argument("--json", default="out/tc_sweep.json")
 ap.add_argument("--fmts", default="mxfp4,nvfp4")
 ap.add_argument("--wide", action="store_true", help="also 256- and 512-wide k steps and 8-warp tiles")
+ap.add_argument("--big", action="store_true", help="tiles for many tokens (M >= 32): 64-256 weight rows, 4/8 warps, "
+                "a token tile of M rounded up to a power of 2")
 args = ap.parse_args()
 kb.GRAPHS = True
 
@@ -42,6 +44,9 @@ def trial(res, cfg, x, tcb, alpha, ref, n_w):
 rows = []
 M = args.m
 tiles_cfgs = [(64, 16, 1, 4), (64, 16, 2, 4), (128, 16, 2, 4)]  # (BN, BW, PF, warps)
+if args.big:  # one x tile shared by more weight rows: fewer re-reads of x from L2
+    tiles_cfgs = [(64, 16, 1, 4), (128, 16, 1, 4), (128, 16, 1, 8), (128, 16, 2, 8), (256, 16, 1, 8)]
+MP = max(16, 1 << (M - 1).bit_length()) if args.big else 16
 if args.wide:
     tiles_cfgs += [(64, 32, 1, 4), (64, 32, 2, 4), (64, 64, 1, 4), (128, 32, 1, 8), (128, 16, 1, 8)]
 for name, (N, K) in list(kb.SHAPES.items())[:4]:
@@ -56,7 +61,7 @@ for name, (N, K) in list(kb.SHAPES.items())[:4]:
             for split in (1, 2, 4, 8, 16):
                 if tiles * split > 8 * 132 or (tiles * split) < 32 or split * 2 > K // (bw * 8):
                     continue
-                trial(res, (bn, bw, 16, split, warps, pf), x, tcb, alpha, ref, n_w)
+                trial(res, (bn, bw, MP, split, warps, pf), x, tcb, alpha, ref, n_w)
         best = sorted(res, key=res.get)[:3]
         h = _pick(M, N, K, _sm_count(x.device))
         print(f"{name:12s} {fmt} M={M} bf16 {t_bf16:.1f}us best " + "; ".join(f"{c} {res[c]:.1f}us x{t_bf16/res[c]:.2f}" for c in best)

@@ -299,13 +299,17 @@ def _workspace(device):
 def _pick(M: int, N: int, K: int, sms: int):
     """(BN, BW, MP, SPLIT_K, warps, PF): 64 weight rows x 128-wide k steps (the load layout then matches the
     wgmma fragment: no shuffle), one step prefetched; K splits until the tiles cover the SMs 2.5 times (the
-    best of 1..16 on the H100 for every Llama-3-8B linear: BENCHMARKS.md)."""
+    best of 1..16 on the H100 for every Llama-3-8B linear: BENCHMARKS.md). Token tiles of 64 and 128 are
+    compute- and L2-bound instead (x is re-read for every weight tile): 64 tokens take 128 weight rows (one x
+    tile for twice the rows), and both split K only until the programs cover the SMs 1.4 times (H200, the
+    Llama-3-8B linears, session 24: 8B o at 64 tokens 14.2 against 16.5 us, at 128 tokens 19.4 against 24.6)."""
     mp = max(16, triton.next_power_of_2(min(M, 128)))
-    bn, bw = 64, 16
+    bn, bw = (128 if mp == 64 else 64), 16
     tiles = triton.cdiv(N, bn) * triton.cdiv(M, mp)
     steps = K // (bw * 8)
+    cover = 1.4 if mp >= 64 else 2.5  # programs per SM the K split aims for
     split = 1
-    while tiles * split * 2 < 5 * sms and split * 2 <= min(steps // 2, 16):
+    while tiles * split < cover * sms and split * 2 <= min(steps // 2, 16):
         split *= 2
     return bn, bw, mp, split, 4, 1
 

@@ -45,7 +45,7 @@ rows = []
 M = args.m
 tiles_cfgs = [(64, 16, 1, 4), (64, 16, 2, 4), (128, 16, 2, 4)]  # (BN, BW, PF, warps)
 if args.big:  # one x tile shared by more weight rows: fewer re-reads of x from L2
-    tiles_cfgs = [(64, 16, 1, 4), (128, 16, 1, 4), (128, 16, 1, 8), (128, 16, 2, 8), (256, 16, 1, 8)]
+    tiles_cfgs = [(64, 16, 1, 4), (64, 16, 1, 8), (128, 16, 1, 4), (128, 16, 1, 8), (128, 16, 2, 8), (256, 16, 1, 8)]
 MP = max(16, 1 << (M - 1).bit_length()) if args.big else 16
 if args.wide:
     tiles_cfgs += [(64, 32, 1, 4), (64, 32, 2, 4), (64, 64, 1, 4), (128, 32, 1, 8), (128, 16, 1, 8)]

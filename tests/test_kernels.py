@@ -300,8 +300,9 @@ TC_SHAPES = [(6144, 4096), (4096, 14336), (100, 512)] if GPU else [(100, 256), (
 @pytest.mark.parametrize("M", [1, 5, 20, 40, 70])
 def test_w4a16_tensor_core_decode_gemm(fmt, M):
     """Weights re-laid for the wgmma A fragment, decoded by shifts and one bf16x2 scale multiply: heuristic
-    tiles (128 weight rows for a 64-token tile: M = 40), forced K splits (the last program sums the partials) and 128-wide k steps; the interpreter runs the
-    plain-integer decode. Partial tiles (N = 100) and padded token columns are covered."""
+    tiles (128 weight rows for a 64-token tile: M = 40), forced K splits (the last program sums the partials)
+    and 128-wide k steps; the interpreter runs the plain-integer decode. Partial tiles (N = 100) and padded token
+    columns are covered."""
     for i, (N, K) in enumerate(TC_SHAPES):
         q, wp, ws, wdq = _weights(fmt, N, K, seed=20 + i)
         tw = tc_pack(wp, ws, q.spec)

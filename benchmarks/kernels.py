@@ -112,13 +112,26 @@ def tc_weights(fmt, N, K, dev="cuda"):
     return q, bufs, [tc_pack(*b, q.spec) for b in bufs], alpha, wdq, n
 
 
+def decode_cases(shapes, ms, fmts):
+    """Per (linear, token count, format) of a decode-GEMM sweep: (name, N, K, M, fmt, x, cuBLAS bf16 us,
+    `tc_weights` copies, alpha, float32 reference x W^T, number of copies); x and the bf16 time are shared by the
+    formats."""
+    for name, (N, K) in shapes:
+        for M in ms:
+            x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+            t_bf16 = bf16_time(x, N, K)
+            for fmt in fmts:
+                _, _, tcb, alpha, wdq, n_w = tc_weights(fmt, N, K)
+                yield name, N, K, M, fmt, x, t_bf16, tcb, alpha, x.float() @ wdq.float().T, n_w
+
+
 def w4a16_rows(shapes, ms, dev, names=None):
     """The W4A16 kernels (tensor-core decode GEMM `tc`, its warp-specialized form `ws` and the row-split `row`
-    (M <= 16, Hopper; `dispatch`: the one of the two QuantLinear picks), CUDA-core GEMV, tile GEMM) against
-    cuBLAS bf16, same M."""
+    (M <= 16, Hopper), the shared-x `mid` (17-128 rows, Hopper), `dispatch`: the one QuantLinear picks (M <= 128),
+    CUDA-core GEMV, tile GEMM) against cuBLAS bf16, same M."""
     from mrgptq.kernels.gemm import fp4_matmul
     from mrgptq.kernels.gemv import fp4_gemv
-    from mrgptq.kernels import hopper_decode, ws_enabled
+    from mrgptq.kernels import TC_ROWS, decode_gemm, ws_enabled
     from mrgptq.kernels.tcgemv import tc_gemv
     ws_ok = ws_enabled(torch.device(dev))
 
@@ -131,7 +144,12 @@ def w4a16_rows(shapes, ms, dev, names=None):
             ks["ws"] = lambda i: ws_gemv(x, tcb[i], alpha)
             if fits(tcb[0], x.shape[0]):
                 ks["row"] = lambda i: row_gemv(x, tcb[i], alpha)
-            ks["dispatch"] = lambda i: hopper_decode(x, tcb[i], alpha)  # what QuantLinear runs
+        elif x.shape[0] <= 128 and ws_ok:
+            from mrgptq.kernels.midgemm import mid_gemm
+
+            ks["mid"] = lambda i: mid_gemm(x, tcb[i], alpha)
+        if x.shape[0] <= TC_ROWS:
+            ks["dispatch"] = lambda i: decode_gemm(x, tcb[i], alpha)  # what QuantLinear runs
         return {**ks,
                 "gemv": lambda i: fp4_gemv(x, *bufs[i], q.spec, alpha),
                 "gemv plain-decode": lambda i: fp4_gemv(x, *bufs[i], q.spec, alpha, lut=False),
@@ -341,7 +359,7 @@ def main():
     p.add_argument("--only", choices=("quantize", "w4a16", "w4a4", "sweep", "qsweep"), nargs="*")
     p.add_argument("--no-70b", action="store_true")
     p.add_argument("--ms", default="1,4,8,16,32", help="W4A16 rows (batch sizes) to time")
-    p.add_argument("--w4a16-kernels", default="tc,ws,row,dispatch,gemv,gemv plain-decode,gemm",
+    p.add_argument("--w4a16-kernels", default="tc,ws,row,mid,dispatch,gemv,gemv plain-decode,gemm",
                    help="comma-separated W4A16 kernels to time (tc, ws, row, dispatch, gemv, gemv plain-decode, gemm)")
     p.add_argument("--sweep-formats", default="mxfp4,nvfp4")
     p.add_argument("--qsweep-kernel", choices=("gluon", "triton"), default="gluon",

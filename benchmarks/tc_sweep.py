@@ -48,25 +48,21 @@ if args.big:  # one x tile shared by more weight rows: fewer re-reads of x from 
     tiles_cfgs = [(64, 16, 1, 4), (64, 16, 1, 8), (128, 16, 1, 4), (128, 16, 1, 8), (128, 16, 2, 8), (256, 16, 1, 8)]
 if args.wide:
     tiles_cfgs += [(64, 32, 1, 4), (64, 32, 2, 4), (64, 64, 1, 4), (128, 32, 1, 8), (128, 16, 1, 8)]
-for name, (N, K) in list(kb.SHAPES.items())[:4]:
-    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
-    t_bf16 = kb.bf16_time(x, N, K)
-    for fmt in args.fmts.split(","):
-        q, bufs, tcb, alpha, wdq, n_w = kb.tc_weights(fmt, N, K)
-        ref = x.float() @ wdq.float().T
-        res = {}
-        h = _pick(M, N, K, _sm_count(x.device))
-        mp = h[2] if args.big else 16  # the heuristic's token tile (M rounded up to a power of 2)
-        for bn, bw, pf, warps in tiles_cfgs:
-            tiles = -(-N // bn)
-            for split in (1, 2, 4, 8, 16):
-                if tiles * split > 8 * 132 or (tiles * split) < 32 or split * 2 > K // (bw * 8):
-                    continue
-                trial(res, (bn, bw, mp, split, warps, pf), x, tcb, alpha, ref, n_w)
-        best = sorted(res, key=res.get)[:3]
-        print(f"{name:12s} {fmt} M={M} bf16 {t_bf16:.1f}us best " + "; ".join(f"{c} {res[c]:.1f}us x{t_bf16/res[c]:.2f}" for c in best)
-              + f" | heur {h} {res.get(h, float('nan')):.1f}", flush=True)
-        rows.append(dict(shape=name, fmt=fmt, M=M, bf16_us=t_bf16, all={str(k): v for k, v in res.items()}))
+for name, N, K, _m, fmt, x, t_bf16, tcb, alpha, ref, n_w in kb.decode_cases(list(kb.SHAPES.items())[:4], [M],
+                                                                          args.fmts.split(",")):
+    res = {}
+    h = _pick(M, N, K, _sm_count(x.device))
+    mp = h[2] if args.big else 16  # the heuristic's token tile (M rounded up to a power of 2)
+    for bn, bw, pf, warps in tiles_cfgs:
+        tiles = -(-N // bn)
+        for split in (1, 2, 4, 8, 16):
+            if tiles * split > 8 * 132 or (tiles * split) < 32 or split * 2 > K // (bw * 8):
+                continue
+            trial(res, (bn, bw, mp, split, warps, pf), x, tcb, alpha, ref, n_w)
+    best = sorted(res, key=res.get)[:3]
+    print(f"{name:12s} {fmt} M={M} bf16 {t_bf16:.1f}us best " + "; ".join(f"{c} {res[c]:.1f}us x{t_bf16/res[c]:.2f}" for c in best)
+          + f" | heur {h} {res.get(h, float('nan')):.1f}", flush=True)
+    rows.append(dict(shape=name, fmt=fmt, M=M, bf16_us=t_bf16, all={str(k): v for k, v in res.items()}))
 Path(args.json).parent.mkdir(parents=True, exist_ok=True)
 Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "M": M, "rows": rows}, indent=1))
 print(f"wrote {args.json}")

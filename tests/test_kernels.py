@@ -328,10 +328,11 @@ def test_row_alpha_scales_each_row_as_its_own_launch_would(fmt):
     ra = torch.cat([torch.full((b - a,), f, dtype=torch.float32) for f, a, b in zip(factors, edges, edges[1:])])
     fns = [tc_gemv]
     if _ws_ok():
+        from mrgptq.kernels.midgemm import mid_gemm
         from mrgptq.kernels.rowgemv import row_gemv
         from mrgptq.kernels.wsgemv import ws_gemv
 
-        fns += [ws_gemv, row_gemv]
+        fns += [ws_gemv, row_gemv, mid_gemm]
     for fn in fns:
         tw.row_alpha = None
         plain = [fn(x, tw, f) for f in factors]
@@ -373,6 +374,33 @@ def test_warp_specialized_decode_gemm_is_tc_gemv_bit_for_bit(fmt, M):
             y = ws_gemv(x, tw, _alpha(q), programs=programs, out=poisoned((M, N), torch.bfloat16))
             _close(y, ref)
             assert torch.equal(y, ws_gemv(x, tw, _alpha(q), programs=programs))
+
+
+@pytest.mark.skipif(not _ws_ok(), reason="the shared-x decode GEMM needs a Hopper GPU and Triton's Gluon")
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+@pytest.mark.parametrize("M", [17, 40, 64, 100, 128])
+def test_shared_x_decode_gemm(fmt, M):
+    """One x tile fed by TMA to 1, 2 or 4 warpgroups (64-256 weight rows): within bf16 rounding of the dequantized
+    reference for the heuristic, forced K splits, ring depths and stream-K grids (programs ending inside tiles),
+    on partial tiles (N = 100) and token tiles padded past M by TMA's zero fill; every output written, the same
+    bits twice; more rows than one token tile are refused."""
+    from mrgptq.errors import MrgptqError
+    from mrgptq.kernels.midgemm import mid_gemm
+
+    for i, (N, K) in enumerate(TC_SHAPES):
+        q, wp, ws, wdq = _weights(fmt, N, K, seed=80 + i)
+        tw = tc_pack(wp, ws, q.spec)
+        x = student_t((M, K), seed=M + 13).to(torch.bfloat16).to(DEV)
+        ref = x.float() @ wdq.T
+        for kw in ({}, {"warpgroups": 1, "split": 2}, {"warpgroups": 2, "stages": 2}, {"warpgroups": 4, "split": 4},
+                   {"warpgroups": 2, "programs": 7}, {"warpgroups": 1, "programs": 133, "stages": 4}):
+            if (K // 128) < kw.get("split", 1):
+                continue
+            y = mid_gemm(x, tw, _alpha(q), out=poisoned((M, N), torch.bfloat16), **kw)
+            _close(y, ref)
+            assert torch.equal(y, mid_gemm(x, tw, _alpha(q), **kw)), (N, K, M, kw)
+    with pytest.raises(MrgptqError, match="M <= 128"):
+        mid_gemm(student_t((129, K), seed=1).to(torch.bfloat16).to(DEV), tw)
 
 
 @pytest.mark.skipif(not _ws_ok(), reason="the row-split decode GEMM needs a Hopper GPU and Triton's Gluon")
@@ -684,7 +712,7 @@ def test_dequantize_kernel_is_bit_exact(fmt, dtype, arch):
 @pytest.mark.skipif(not GPU, reason="QuantLinear dispatches to the kernels on CUDA only")
 @pytest.mark.parametrize("w4a4", [False, True])
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
-@pytest.mark.parametrize("tokens", [1, 7, 300])  # 4, 28, 1200 rows: GEMV, FP4 GEMM, dequantize + cuBLAS
+@pytest.mark.parametrize("tokens", [1, 7, 16, 300])  # 4, 28, 64, 1200 rows: the decode GEMMs, dequantize + cuBLAS
 def test_quantlinear_dispatch_matches_pytorch_path(w4a4, fmt, tokens, arch):
     from mrgptq.algorithms import ActQuantizer
     from mrgptq.runtime import QuantLinear

@@ -45,11 +45,11 @@ def test_every_kernel_launch_builds_for_every_target_gpu(tmp_path):
                      "dequantize nvfp4 bfloat16", "gptq lazy block"):
             assert (arch, case) in built, (arch, case)
         assert ((arch, "fp8_rows mxfp4") in built) == (arch >= 89), arch
-    assert not any(case.startswith(("row_gemv", "ws_gemv")) for arch, case in built if arch != 90)
+    assert not any(case.startswith(("row_gemv", "ws_gemv", "mid_gemm")) for arch, case in built if arch != 90)
     from mrgptq.kernels import has_gluon
 
     if has_gluon():  # this Triton is one the Gluon kernels run on (3.6, 3.9): they build for Hopper
-        assert {(90, f"{k} {f}") for k in ("row_gemv", "ws_gemv") for f in ("mxfp4", "nvfp4")} <= built
+        assert {(90, f"{k} {f}") for k in ("row_gemv", "ws_gemv", "mid_gemm") for f in ("mxfp4", "nvfp4")} <= built
 
 
 def test_the_check_catches_an_instruction_the_target_lacks(tmp_path):

@@ -109,19 +109,32 @@ def ws_enabled(device: torch.device) -> bool:
 
 def _tc_product(module, tw, x2, out_dtype, alpha=None):
     """The decode GEMM on the re-laid weight after the online rotation: up to WS_ROWS bf16 rows on Hopper the
-    row-split kernel for small weights (`rowgemv.fits`; MRGPTQ_ROW=0: off) or the warp-specialized one, else
-    `tc_gemv` (W4A4 activations dequantized first: few rows, and their values are then exact).
+    row-split kernel for small weights (`rowgemv.fits`; MRGPTQ_ROW=0: off) or the warp-specialized one, then
+    where `midgemm.serves` the shared-x one (MRGPTQ_WS=0 turns both off), else `tc_gemv` (W4A4 activations
+    dequantized first: few rows, and their values are then exact).
     alpha: the product's factor (default 1 / the module's weight per-tensor scale)."""
     from .gemm import dequantize
-    from .tcgemv import tc_gemv
 
     gw, ga = module.global_divisors()
     alpha = 1.0 / gw if alpha is None else alpha
     a, a_scales = _operands(x2, module)
     if a_scales is not None:
         a = dequantize(a, a_scales, module.act_spec, ga, torch.bfloat16)
-    if a.shape[0] <= WS_ROWS and out_dtype == torch.bfloat16 and ws_enabled(a.device):
-        return hopper_decode(a, tw, alpha)
+    return decode_gemm(a, tw, alpha, out_dtype)
+
+
+def decode_gemm(a: torch.Tensor, tw, alpha: float, out_dtype=torch.bfloat16) -> torch.Tensor:
+    """a W^T for up to TC_ROWS rows on a re-laid weight, by the kernel that serves this many rows (`_tc_product`)."""
+    from .tcgemv import tc_gemv
+
+    if out_dtype == torch.bfloat16 and ws_enabled(a.device):
+        if a.shape[0] <= WS_ROWS:
+            return hopper_decode(a, tw, alpha)
+        from . import midgemm
+        from .gemm import _sm_count
+
+        if midgemm.serves(a.shape[0], tw.N, tw.K, _sm_count(a.device)):
+            return midgemm.mid_gemm(a, tw, alpha)
     return tc_gemv(a, tw, alpha, out_dtype=out_dtype)
 
 

@@ -81,6 +81,7 @@ def _cases():
             yield "fp8_rows mxfp4", lambda p=p, s=s, spec=spec: fp8.fp8_rows(p, s, spec)
         yield f"row_gemv {fmt}", lambda tw=tw: _hopper("rowgemv", "row_gemv", x[:1], tw)
         yield f"ws_gemv {fmt}", lambda tw=tw: _hopper("wsgemv", "ws_gemv", x[:1], tw)
+        yield f"mid_gemm {fmt}", lambda tw=tw: _hopper("midgemm", "mid_gemm", x[:40], tw)
     w1 = torch.randn(32, 128, generator=torch.Generator().manual_seed(1))
     yield "gptq lazy block", lambda: gptq.lazy_block(w1, torch.eye(128), torch.ones(32, 128),
                                                      torch.zeros(32, 128, dtype=torch.int32), torch.zeros(32, 128),
@@ -151,7 +152,9 @@ def _signature(fn, args: tuple, kwargs: dict):
             isinstance(v, int) and not isinstance(v, bool) and v % 16 == 0)
         if aligned and not p.do_not_specialize:
             attrs[(p.num,)] = [["tt.divisibility", 16]]
-        if isinstance(v, torch.Tensor):
+        if hasattr(v, "__mangle__"):  # a TMA descriptor: its block, dtype and shared layout
+            sig[p.name] = v.__mangle__()
+        elif isinstance(v, torch.Tensor):
             sig[p.name] = "*" + _TYPES[v.dtype]
         elif isinstance(v, bool):
             sig[p.name] = "i1"

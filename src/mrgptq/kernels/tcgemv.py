@@ -29,7 +29,7 @@ float32 ops (inline PTX needs a GPU).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import triton
@@ -214,6 +214,7 @@ class TcWeight:
     # float32 (N,): a factor per output row, y = alpha row_alpha x W^T (sibling linears whose per-tensor scales
     # differ, kernels/siblings.py)
     row_alpha: torch.Tensor | None = None
+    cache: dict = field(default_factory=dict, repr=False)  # what other kernels build once per weight (midgemm.py)
 
     @property
     def shape(self):
@@ -284,7 +285,7 @@ def packed_once(tw, device, pack):
 
 
 _WORKSPACE: dict = {}
-WS_FLOATS = 1 << 22  # 16 MB of fp32 partials per device, allocated once (CUDA graphs keep the pointer)
+WS_FLOATS = 1 << 23  # 32 MB of fp32 partials per device, allocated once (CUDA graphs keep the pointer)
 MAX_TILES = 1 << 14
 
 

@@ -119,13 +119,13 @@ def _decode_step(w_bufs, s_bufs, st, v, AL: gl.constexpr, WL: gl.constexpr, NV: 
 
 @gluon.jit
 def _flush(acc, n, a_beg, a_end, y_ptr, ws_ptr, cnt_ptr, alpha, ra_ptr, M, N, stride_ym, u0, U, P, p, steps,
-           MP: gl.constexpr, MMA: gl.constexpr, ROW_ALPHA: gl.constexpr):
-    """Tile n's partial sum over units [a_beg, a_end): stored as y when it is the whole tile, else into this
-    program's slot (0: its first segment, 1: its last); the tile's last contributor sums the slots in program
-    order (a fixed order: deterministic) and resets the tile's counter."""
-    rd = gl.arange(0, 64, gl.SliceLayout(1, MMA))
+           MP: gl.constexpr, MMA: gl.constexpr, ROW_ALPHA: gl.constexpr, BN: gl.constexpr = 64):
+    """Tile n's (BN weight rows) partial sum over units [a_beg, a_end): stored as y when it is the whole tile,
+    else into this program's slot (0: its first segment, 1: its last); the tile's last contributor sums the
+    slots in program order (a fixed order: deterministic) and resets the tile's counter."""
+    rd = gl.arange(0, BN, gl.SliceLayout(1, MMA))
     rm = gl.arange(0, MP, gl.SliceLayout(0, MMA))
-    rn = n * 64 + rd
+    rn = n * BN + rd
     yp = y_ptr + rm[None, :] * stride_ym + rn[:, None]
     ym = (rm < M)[None, :] & (rn < N)[:, None]
     if ROW_ALPHA:  # a factor per output row (TcWeight.row_alpha)
@@ -135,16 +135,16 @@ def _flush(acc, n, a_beg, a_end, y_ptr, ws_ptr, cnt_ptr, alpha, ra_ptr, M, N, st
     else:
         part = ws_ptr + rd[:, None] * MP + rm[None, :]
         slot = 2 * p + (a_beg != u0).to(gl.int32)
-        gl.store(part + slot * (64 * MP), acc)
+        gl.store(part + slot * (BN * MP), acc)
         barrier()
         pf = ((n * steps + 1) * P - 1) // U  # the programs whose unit ranges meet tile n
         pl = ((n + 1) * steps * P - 1) // U
         done = gl.atomic_add(cnt_ptr + n, 1, sem="acq_rel", scope="gpu")
         if done == pl - pf:
-            tot = gl.zeros((64, MP), gl.float32, MMA)
+            tot = gl.zeros((BN, MP), gl.float32, MMA)
             for q in range(pf, pl + 1):
                 qslot = 2 * q + ((q * U) // P < n * steps).to(gl.int32)
-                tot += gl.load(part + qslot * (64 * MP), cache_modifier=".cg")
+                tot += gl.load(part + qslot * (BN * MP), cache_modifier=".cg")
             gl.store(yp, (tot * alpha).to(gl.bfloat16), mask=ym)
             gl.atomic_xchg(cnt_ptr + n, 0, sem="relaxed", scope="gpu")
 

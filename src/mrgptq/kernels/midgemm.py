@@ -1,0 +1,242 @@
+"""Decode GEMM for 33-128 tokens (Gluon, Hopper): one x tile in shared memory feeds several warpgroups.
+
+`tc_gemv` gives each 64-row weight tile its own copy of x: at 128 tokens every 4 KB brick brings 32 KB of x from
+L2 (100 MB for Llama-3-8B qkv), and above 64 tokens it is slower than cuBLAS bf16 (BENCHMARKS.md, session 24).
+Here a program's tile is 64 W weight rows: W consumer warpgroups each decode their own brick (`tc_pack` layout,
+`wsgemv.decode_words`) into the wgmma A operand, and all of them multiply it with one x tile, so x is read once
+per 64 W rows. A one-warp producer fills a ring of S shared-memory stages by TMA: x as two (tokens, 64) boxes
+(rows past M read as zeros), the W bricks of the step as one box, their scale words as another; a stage's
+`ready` barrier completes when its bytes land, its `empty` barrier when every warpgroup's wgmma has read it.
+
+Work is split as in `ws_gemv`: units (tile, 128-wide k step) in tile-major order, program p takes
+[p U / P, (p + 1) U / P), partial tiles meet in the workspace (`wsgemv._flush`, deterministic).
+
+Measured (H200, session 25): the ring alone, with W = 1, is most of the gain at 65-128 tokens (8B qkv at 128
+tokens 30.2 -> 21.9 us): `tc_gemv` has one step in flight, here S steps are. Sharing x (W = 2, 4) pays where
+there are enough tiles to keep one program per SM (gate_up) or K is long (down); the warpgroups of a program
+move in step (one `empty` arrival per stage), and at 128 tokens each warpgroup's wgmmas, not x, are the bound.
+Decoding the next step while the wgmmas run (asynchronous wgmma) was tried: ptxas put the wait back before the
+decode and one build gave wrong results; not kept.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma
+
+from ..errors import MrgptqError
+from . import LAUNCH
+from .gluonapi import barrier, reinterpret, tma_load
+from .tcgemv import CHUNK, WS_FLOATS, TcWeight, _workspace
+from .wsgemv import _flush, _stack4, decode_words
+
+MAX_ROWS = 128  # x rows one launch takes (one token tile)
+
+
+@gluon.jit
+def _producer(x_desc, w_desc, s_desc, x_bufs, w_bufs, s_bufs, ready, empty, u0, u1, steps, W: gl.constexpr,
+              SW: gl.constexpr, BYTES: gl.constexpr):
+    """One warp: unit u's x tile, W bricks and scale words into stage u % S, by TMA."""
+    S: gl.constexpr = ready.type.shape[0]
+    for u in range(u0, u1):
+        i = u - u0
+        st = i % S
+        mbarrier.wait(empty.index(st), ((i // S) & 1) ^ 1)
+        n = u // steps
+        t = u % steps
+        bar = ready.index(st)
+        mbarrier.expect(bar, BYTES)
+        tma_load(x_desc, [0, t * 128], bar, x_bufs.index(2 * st))
+        tma_load(x_desc, [0, t * 128 + 64], bar, x_bufs.index(2 * st + 1))
+        tma_load(w_desc, [n * W, t * 64, 0], bar, w_bufs.index(st))
+        tma_load(s_desc, [n * W, t * (64 * SW)], bar, s_bufs.index(st))
+
+
+@gluon.jit
+def _decode(w_buf, s_buf, v, AL: gl.constexpr, WL: gl.constexpr, SL: gl.constexpr, BN: gl.constexpr,
+            NV: gl.constexpr):
+    """A stage's W bricks as two bf16 wgmma A operands (BN x 64 each: k < 64, k >= 64)."""
+    PLAIN2: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+    w = reinterpret(w_buf, gl.int32, [BN, 16], PLAIN2).load(WL)
+    if NV:  # row r's two scale words are adjacent
+        s0, s1 = gl.split(reinterpret(s_buf, gl.int32, [BN, 2], PLAIN2).load(SL))
+        s0 = gl.convert_layout(s0, gl.SliceLayout(1, WL))[:, None]
+        s1 = gl.convert_layout(s1, gl.SliceLayout(1, WL))[:, None]
+    else:
+        s0 = reinterpret(s_buf, gl.int32, [BN], gl.SwizzledSharedLayout(1, 1, 1, [0])).load(
+            gl.SliceLayout(1, WL))[:, None]
+        s1 = s0
+    o0, o1, o2, o3, o4, o5, o6, o7 = decode_words(w, s0, s1, v[None, :], NV)
+    a = gl.join(_stack4(o0, o2, o4, o6), _stack4(o1, o3, o5, o7))  # (BN, 16 words u, m, b)
+    a = gl.reshape(a, (BN, 4, 2, 2, 4, 2))  # u = 4 t + 2 vh + vl
+    a = gl.permute(a, (0, 3, 4, 1, 5, 2))  # (vl, m, t, b, vh): k = 64 vh + 32 vl + 8 m + 2 t + b
+    lo, hi = gl.split(gl.reshape(a, (BN, 64, 2)))
+    return gl.convert_layout(lo, AL, assert_trivial=True), gl.convert_layout(hi, AL, assert_trivial=True)
+
+
+@gluon.jit
+def _consumer(w_bufs, s_bufs, x_bufs, ready, empty, y_ptr, ws_ptr, cnt_ptr, alpha, ra_ptr, M, N, stride_ym, u0,
+              u1, U, P, p, steps, MP: gl.constexpr, W: gl.constexpr, WL: gl.constexpr, SL: gl.constexpr,
+              NV: gl.constexpr, ROW_ALPHA: gl.constexpr):
+    """W warpgroups: per unit, decode the stage's bricks and wgmma them with its x tile; flush each tile."""
+    S: gl.constexpr = ready.type.shape[0]
+    BN: gl.constexpr = 64 * W
+    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4 * W, 1], instr_shape=[16, MP, 16])
+    AL: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
+    v = gl.arange(0, 16, gl.SliceLayout(0, WL)) % 4  # word 4t + v
+    for n in range(u0 // steps, gl.cdiv(u1, steps)):
+        a_beg = gl.maximum(u0, n * steps)
+        a_end = gl.minimum(u1, (n + 1) * steps)
+        acc = gl.zeros((BN, MP), gl.float32, MMA)
+        for u in range(a_beg, a_end):
+            i = u - u0
+            st = i % S
+            mbarrier.wait(ready.index(st), (i // S) & 1)
+            a0, a1 = _decode(w_bufs.index(st), s_bufs.index(st), v, AL, WL, SL, BN, NV)
+            acc = warpgroup_mma(a0, x_bufs.index(2 * st).permute((1, 0)), acc)
+            acc = warpgroup_mma(a1, x_bufs.index(2 * st + 1).permute((1, 0)), acc)
+            barrier()  # every warpgroup's wgmma has read the stage
+            mbarrier.arrive(empty.index(st), count=1)
+        _flush(acc, n, a_beg, a_end, y_ptr, ws_ptr, cnt_ptr, alpha, ra_ptr, M, N, stride_ym, u0, U, P, p, steps, MP,
+               MMA, ROW_ALPHA, BN)
+
+
+@gluon.jit
+def _mid_gemm_kernel(x_desc, w_desc, s_desc, y_ptr, ws_ptr, cnt_ptr, alpha, ra_ptr, M, N, K, stride_ym,
+                     S: gl.constexpr, MP: gl.constexpr, W: gl.constexpr, WL: gl.constexpr, SL: gl.constexpr,
+                     NV: gl.constexpr, ROW_ALPHA: gl.constexpr, BYTES: gl.constexpr, PREGS: gl.constexpr):
+    p = gl.program_id(0)
+    P = gl.num_programs(0)
+    steps = K // 128
+    U = gl.cdiv(N, 64 * W) * steps
+    u0 = p * U // P
+    u1 = (p + 1) * U // P
+    SW: gl.constexpr = 2 if NV else 1  # scale words per brick row
+    x_bufs = gl.allocate_shared_memory(gl.bfloat16, [2 * S, MP, 64], x_desc.layout)
+    w_bufs = gl.allocate_shared_memory(gl.int32, [S, W, 64, 16], w_desc.layout)
+    s_bufs = gl.allocate_shared_memory(gl.int32, [S, W, 64 * SW], s_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [S, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [S, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(S):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=1)
+    gl.warp_specialize([
+        (_consumer, (w_bufs, s_bufs, x_bufs, ready, empty, y_ptr, ws_ptr, cnt_ptr, alpha, ra_ptr, M, N, stride_ym,
+                     u0, u1, U, P, p, steps, MP, W, WL, SL, NV, ROW_ALPHA)),
+        (_producer, (x_desc, w_desc, s_desc, x_bufs, w_bufs, s_bufs, ready, empty, u0, u1, steps, W, SW, BYTES)),
+    ], [1], [PREGS])
+
+
+@functools.cache
+def _layouts(W: int):
+    """(words, NVFP4 scale pairs) register layouts for 64 W rows: thread (warp w, lane 4 r + t) holds rows
+    16 w + r + 8 i and words 4 t + v of each (the wgmma A fragment's rows, as `wsgemv.WORDS` for W = 1)."""
+    warps = [[16 << j, 0] for j in range(2 + (W.bit_length() - 1))]
+    words = gl.DistributedLinearLayout(reg_bases=[[0, 1], [0, 2], [8, 0]],
+                                       lane_bases=[[0, 4], [0, 8], [1, 0], [2, 0], [4, 0]],
+                                       warp_bases=warps, block_bases=[], shape=[64 * W, 16])
+    pairs = gl.DistributedLinearLayout(reg_bases=[[0, 1], [8, 0]], lane_bases=[[0, 0], [0, 0], [1, 0], [2, 0], [4, 0]],
+                                       warp_bases=warps, block_bases=[], shape=[64 * W, 2])
+    return words, pairs
+
+
+def _pick(M: int, N: int, K: int, sms: int) -> tuple[int, int, int]:
+    """(warpgroups W, K split, stages): one program per SM at most (more was slower at every Llama-3-8B linear),
+    the K split the largest power of 2 that keeps it so. 64 rows a tile (W = 1) unless x is worth sharing: at up
+    to 64 tokens four warpgroups where N / 256 tiles still fill 3/4 of the SMs (8B gate_up: 41.8 us against
+    W = 2's 44.4 at 64 tokens) and two where K is long (8B down: 26.1 against 28.5); at 65-128 tokens, where
+    each warpgroup's wgmmas are the bound, two only where N / 128 tiles fill the SMs 1.5 times (gate_up 68.5
+    against 83.4). H200, session 25 (BENCHMARKS.md)."""
+    if M <= 64 and N / 256 >= 0.75 * sms:
+        W = 4
+    elif (M <= 64 and K >= 8192) or N / 128 >= 1.5 * sms:
+        W = 2
+    else:
+        W = 1
+    tiles, steps = triton.cdiv(N, 64 * W), K // CHUNK
+    split = 1
+    while tiles * split * 2 <= sms and split * 4 <= steps:
+        split *= 2
+    return W, split, 3
+
+
+GPU_CHECKED = ((3, 6),)  # Triton releases this kernel has run its GPU tests on (3.9 builds it for sm_90)
+
+
+def serves(M: int, N: int, K: int, sms: int) -> bool:
+    """Whether QuantLinear should run this kernel for M bf16 rows: 33-128 rows, and 17-32 where it shares x
+    (W > 1; with 64-row tiles `tc_gemv` was faster at 32 tokens: 8B qkv 12.5 against 14.1 us, o 9.9 against
+    10.6); only on a Triton in GPU_CHECKED unless MRGPTQ_GLUON=1."""
+    from . import triton_release
+
+    if triton_release() not in GPU_CHECKED and os.environ.get("MRGPTQ_GLUON") != "1":
+        return False
+    return K % CHUNK == 0 and (32 < M <= MAX_ROWS or (16 < M <= 32 and _pick(M, N, K, sms)[0] > 1))
+
+
+def _weight_descriptors(tw: TcWeight, W: int):
+    """TMA descriptors of the bricks (a step's W bricks: one (W, 64, 16) box) and their scale words, built once
+    per weight and tile height."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    key = ("mid", W)
+    if key not in tw.cache:
+        n64, steps = tw.words.shape[0], tw.K // CHUNK
+        sw = 2 if tw.spec.scale_dtype == "e4m3" else 1
+        wd = TensorDescriptor(tw.words.view(n64, steps * 64, 16), [n64, steps * 64, 16], [steps * 1024, 16, 1],
+                              [W, 64, 16], gl.NVMMASharedLayout(0, 32, rank=3))
+        s = tw.scales.view(torch.int32).view(n64, steps * 64 * sw)
+        sd = TensorDescriptor(s, [n64, steps * 64 * sw], [steps * 64 * sw, 1], [W, 64 * sw],
+                              gl.NVMMASharedLayout(0, 32, rank=2))
+        tw.cache[key] = wd, sd
+    return tw.cache[key]
+
+
+def mid_gemm(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tensor | None = None,
+             warpgroups: int | None = None, split: int | None = None, stages: int | None = None,
+             programs: int | None = None, mp: int | None = None, maxnreg: int | None = None) -> torch.Tensor:
+    """y (M, N) = alpha * x W^T (times W's row_alpha) in bf16, x (M <= 128, K) bf16, W a `TcWeight`.
+
+    `warpgroups` W: weight rows per tile / 64 (1, 2 or 4); `split`: K splits (P = tiles x split programs);
+    `programs` overrides P (stream-K); `stages`: the ring's depth; `mp`: token tile (16-128, >= M)."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from .gemm import _sm_count
+
+    M, K = x.shape
+    N, Kw = tw.shape
+    if Kw != K or M > MAX_ROWS or K % CHUNK:
+        raise MrgptqError(f"mid_gemm: needs a weight with x's K (x {K}, W {Kw}) and M <= {MAX_ROWS} rows (got {M})")
+    W0, split0, st0 = _pick(M, N, K, _sm_count(x.device))
+    W, stages = warpgroups or W0, stages or st0
+    if W not in (1, 2, 4):
+        raise MrgptqError(f"mid_gemm: warpgroups must be 1, 2 or 4 (got {W})")
+    split = split or (split0 if warpgroups is None else 1)
+    mp = mp or max(16, triton.next_power_of_2(M))
+    if M > mp:
+        raise MrgptqError(f"mid_gemm: M={M} rows do not fit a token tile of {mp}")
+    tiles, steps = triton.cdiv(N, 64 * W), K // CHUNK
+    P = min(programs or tiles * split, tiles * steps)
+    ws, cnt = _workspace(x.device)
+    if (P != tiles and 2 * P * 64 * W * mp > WS_FLOATS) or tiles > cnt.numel():  # P = tiles: no partial tiles
+        raise MrgptqError(f"mid_gemm: workspace too small for {P} programs of {64 * W}x{mp} partial tiles")
+    x = x.to(torch.bfloat16).contiguous()
+    if x.data_ptr() % 16:
+        x = x.clone()
+    y = out if out is not None else torch.empty((M, N), dtype=torch.bfloat16, device=x.device)
+    nv = tw.spec.scale_dtype == "e4m3"
+    sw = 2 if nv else 1
+    xd = TensorDescriptor.from_tensor(x, [mp, 64], gl.NVMMASharedLayout.get_default_for([mp, 64], gl.bfloat16))
+    wd, sd = _weight_descriptors(tw, W)
+    words, pairs = _layouts(W)
+    nbytes = 2 * mp * 64 * 2 + W * 4096 + W * 256 * sw
+    ra = tw.row_alpha
+    _mid_gemm_kernel[(P,)](xd, wd, sd, y, ws, cnt, alpha * 2.0 ** tw.shift, y if ra is None else ra, M, N, K,
+                           y.stride(0), S=stages, MP=mp, W=W, WL=words, SL=pairs, NV=nv, ROW_ALPHA=ra is not None,
+                           BYTES=nbytes, PREGS=24, num_warps=4 * W, maxnreg=maxnreg, **LAUNCH)
+    return y

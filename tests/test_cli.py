@@ -13,7 +13,7 @@ WIKI = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext2" / "
 
 def run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "mrgptq.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=900)
+                          timeout=900, check=False)
 
 
 @pytest.fixture(scope="module")

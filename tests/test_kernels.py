@@ -363,7 +363,7 @@ def test_warp_specialized_decode_gemm_is_tc_gemv_bit_for_bit(fmt, M):
         x = student_t((M, K), seed=M + 7).to(torch.bfloat16).to(DEV)
         ref = x.float() @ wdq.T
         split = _pick(M, N, K, torch.cuda.get_device_properties(0).multi_processor_count)[0]
-        for kw in (dict(), dict(split=2, bricks=2), dict(split=4, bricks=1, stages=2)):
+        for kw in ({}, {"split": 2, "bricks": 2}, {"split": 4, "bricks": 1, "stages": 2}):
             s = kw.get("split", split)
             if (K // 128) % (s * kw.get("bricks", 1)):
                 continue
@@ -873,7 +873,7 @@ def test_gptq_lazy_block_kernel_matches_the_reference(fmt, scales, act_order, mo
     X[:, 3] = X[:, 4]  # a duplicated input: a singular Hessian, as real layers have
     H = 2 * X.T @ X / X.shape[0]
     spec = formats.get_spec(fmt)
-    kw = dict(scale_rule="mse", scales=scales, act_order=act_order, block_size=128)
+    kw = {"scale_rule": "mse", "scales": scales, "act_order": act_order, "block_size": 128}
     monkeypatch.setattr(G, "_kernel_ok", lambda W, spec: False)
     ref = G.gptq(W.cpu(), H.cpu(), spec, **kw)
     monkeypatch.setattr(G, "_kernel_ok", lambda W, spec: True)

@@ -39,7 +39,7 @@ def test_recipes_quantize_all_linears_and_stay_close(cfg, tmp_path):
     # checkpoint round trip: logits bit-exact
     save_checkpoint(model, None, {"config": cfg.resolved().to_dict(), "dtype": "float32", "label": cfg.label},
                     tmp_path / "ckpt")
-    loaded, _, meta = load(tmp_path / "ckpt")
+    loaded, _, _ = load(tmp_path / "ckpt")
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, out)
 
@@ -104,6 +104,7 @@ def test_corrupt_checkpoints_are_clear_errors(tmp_path):
         corrupt()
         with pytest.raises(CheckpointError):
             load(good)
+            pytest.fail(f"{name}: the corrupt checkpoint loaded")
         w.write_bytes(blob)
         if not (good / "mrgptq.json").exists():
             save_checkpoint(m, None, {"config": cfg.resolved().to_dict(), "dtype": "float32"}, good)

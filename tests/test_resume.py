@@ -17,7 +17,7 @@ def quantize_cmd(model_dir, out):
 
 def test_kill_and_resume_is_byte_identical(tiny_model_dir, tmp_path):
     ref = tmp_path / "ref"
-    assert subprocess.run(quantize_cmd(tiny_model_dir, ref), capture_output=True, timeout=600).returncode == 0
+    assert subprocess.run(quantize_cmd(tiny_model_dir, ref), capture_output=True, timeout=600, check=False).returncode == 0
     ref_bytes = (ref / "model.safetensors").read_bytes()
     seed = int(os.environ.get("MRGPTQ_KILL_SEED", random.randrange(10**6)))
     kills = sorted(random.Random(seed).sample(range(1, 6), 3))  # blocks finished before the kill (of 6)
@@ -36,7 +36,7 @@ def test_kill_and_resume_is_byte_identical(tiny_model_dir, tmp_path):
         if p.returncode == -signal.SIGKILL:
             survived += 1
             assert not out.exists() or not (out / "model.safetensors").exists()  # nothing looks complete
-        r = subprocess.run(quantize_cmd(tiny_model_dir, out), capture_output=True, text=True, timeout=600)
+        r = subprocess.run(quantize_cmd(tiny_model_dir, out), capture_output=True, text=True, timeout=600, check=False)
         assert r.returncode == 0, r.stderr
         assert (out / "model.safetensors").read_bytes() == ref_bytes, f"kill after block {kill_after}, seed {seed}"
         assert (out / "mrgptq.json").read_text().replace(str(out), "") == \

@@ -2,7 +2,7 @@
 from . import formats
 
 __version__ = "0.1.0"
-__all__ = ["formats", "load", "__version__"]
+__all__ = ["__version__", "formats", "load"]
 
 
 def load(path, device: str = "cpu", dtype=None):

@@ -415,7 +415,7 @@ def cmd_generate(a) -> int:
     from .runtime import load
 
     device = _device(a.device)
-    model, tok, meta = load(a.checkpoint, device=device)
+    model, tok, _ = load(a.checkpoint, device=device)
     if tok is None:
         raise ValueError(f"{a.checkpoint} has no tokenizer files; re-export it with mrgptq export")
     if a.max_new_tokens < 1:

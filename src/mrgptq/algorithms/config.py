@@ -37,7 +37,7 @@ class QuantConfig:
     mse_norm: float = 2.4
     seed: int = 0
 
-    def resolved(self) -> "QuantConfig":
+    def resolved(self) -> QuantConfig:
         """Fill every None with its default and validate; the result is what gets recorded in checkpoints."""
         _check_types(self)
         fmt = self.format.lower()

@@ -24,7 +24,7 @@ class LayerPlan:
     act: ActQuantizer | None
 
     @classmethod
-    def build(cls, cfg: QuantConfig, in_features: int) -> "LayerPlan":
+    def build(cls, cfg: QuantConfig, in_features: int) -> LayerPlan:
         cfg = cfg.resolved()
         rot = None
         if cfg.transform != "identity" or cfg.signs:

@@ -39,7 +39,7 @@ def load_eval_text(path: str | None) -> str:
 
                 ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
                 return "\n\n".join(ds["text"])
-            except Exception:
+            except Exception:  # noqa: BLE001 (datasets raises many types when it cannot fetch)
                 raise EvalError("WikiText-2 test text not found: pass --eval-text PATH (the raw test split "
                                 "joined with blank lines) or set MRGPTQ_WIKITEXT2") from None
         path = str(found)

@@ -13,7 +13,7 @@ def run_tasks(model, tokenizer, tasks: list[str], batch_size: int = 8, limit: in
     try:
         res = simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size),
                               tasks=tasks, limit=limit)
-    except Exception as e:  # dataset download / unknown task errors come in many types
+    except Exception as e:  # noqa: BLE001 dataset download / unknown task errors come in many types
         raise EvalError(f"lm-eval could not run {', '.join(tasks)}: {str(e).splitlines()[0] if str(e) else e!r} "
                         "(its datasets need network access)") from None
     out = {}

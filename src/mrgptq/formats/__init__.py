@@ -20,7 +20,7 @@ from .scales import choose as choose_scales
 from .spec import E2M1_GRID, FORMAT_NAMES, FormatError, FormatSpec, get_spec
 
 __all__ = [
-    "E2M1_GRID", "FORMAT_NAMES", "FormatError", "FormatSpec", "MSE_NORM", "QuantizedTensor", "SCALE_RULES",
+    "E2M1_GRID", "FORMAT_NAMES", "MSE_NORM", "SCALE_RULES", "FormatError", "FormatSpec", "QuantizedTensor",
     "check_input", "choose_scales", "dequantize", "effective_scales", "encode_groups", "fake_quantize", "get_spec",
     "global_scale_for", "nv_global_scale", "pack", "quant_error", "quantize", "unpack",
 ]

@@ -57,7 +57,7 @@ def _hub_text(name: str) -> str:
     try:
         ds = datasets.load_dataset(spec[0], spec[1], split=spec[2], streaming=name != "wikitext2")
         rows = [r["text"] for _, r in zip(range(20000), ds)]
-    except Exception as e:  # network / hub errors come in many types
+    except Exception as e:  # noqa: BLE001 network / hub errors come in many types
         raise CalibrationError(f"cannot download {name}: {str(e).splitlines()[0]}; offline, use --calib builtin") from None
     return "\n\n".join(rows)
 

@@ -64,7 +64,7 @@ def load_tokenizer(model: str | None = None, gguf: str | None = None):
     src, gf = resolve(model, gguf)
     try:
         return AutoTokenizer.from_pretrained(src, gguf_file=gf) if gf else AutoTokenizer.from_pretrained(src)
-    except Exception as e:  # tokenizers and its backends raise many types for a damaged or missing file
+    except Exception as e:  # noqa: BLE001 tokenizers and its backends raise many types for a damaged or missing file
         raise ModelLoadError(f"cannot load the tokenizer of {model or src}: {first_line(e)}; "
                              "check that the model directory holds tokenizer files") from None
 
@@ -78,7 +78,7 @@ def load_model(model: str | None = None, gguf: str | None = None, dtype: torch.d
     hf_logging.set_verbosity_error()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     src, gf = resolve(model, gguf)
-    kw = dict(dtype=dtype, trust_remote_code=trust_remote_code)
+    kw = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if gf is None and Path(src).is_dir() and not any(Path(src).glob("*.safetensors")):
         raise ModelLoadError(f"{src} has no .safetensors weights; mrgptq never unpickles .bin/.pt files: convert "
                              "them to safetensors first (e.g. save_pretrained(safe_serialization=True))")

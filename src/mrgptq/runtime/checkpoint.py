@@ -148,7 +148,7 @@ def load(path: str | Path, device="cpu", dtype: torch.dtype | None = None):
         raise CheckpointError(f"{p / META}: invalid quantization config ({e})") from None
     try:
         hf_cfg = AutoConfig.from_pretrained(p, trust_remote_code=False)
-    except Exception as e:  # untrusted JSON: any failure to parse it is a corrupt file, never a traceback
+    except Exception as e:  # noqa: BLE001 untrusted JSON: any failure to parse it is a corrupt file, never a traceback
         raise CheckpointError(f"{p}/config.json is unreadable: {first_line(e)}; re-create the checkpoint") from None
     if hasattr(hf_cfg, "quantization_config"):  # the ecosystem's entry; we build QuantLinears ourselves
         del hf_cfg.quantization_config
@@ -206,7 +206,7 @@ def load(path: str | Path, device="cpu", dtype: torch.dtype | None = None):
     tok = None
     try:
         tok = AutoTokenizer.from_pretrained(p)
-    except Exception as e:  # the tokenizer is optional: a damaged one must not hide the model
+    except Exception as e:  # noqa: BLE001 the tokenizer is optional: a damaged one must not hide the model
         if any(p.glob("tokenizer*")):
             log.warning("%s: tokenizer files could not be read (%s); load the model's tokenizer yourself", p,
                         first_line(e))
@@ -246,7 +246,7 @@ def _build(hf_cfg, cfg: QuantConfig, dt: torch.dtype, p: Path):
         return model
     except CheckpointError:
         raise
-    except Exception as e:  # untrusted numbers that describe no buildable model
+    except Exception as e:  # noqa: BLE001 untrusted numbers that describe no buildable model
         raise CheckpointError(f"{p}/config.json describes a model that cannot be built ({first_line(e)}); "
                               "re-create the checkpoint") from None
 

@@ -48,7 +48,7 @@ class QuantLinear(nn.Module):
 
     @classmethod
     def from_quantized(cls, q: QuantizedTensor, bias: torch.Tensor | None, rotation: Rotation | None,
-                       act: ActQuantizer | None, dtype: torch.dtype = torch.float32) -> "QuantLinear":
+                       act: ActQuantizer | None, dtype: torch.dtype = torch.float32) -> QuantLinear:
         out_f, in_f = q.codes.shape
         m = cls(in_f, out_f, bias is not None, q.spec, rotation, act.spec if act else None, dtype,
                 global_scale=q.global_scale is not None, act_rule=act.rule if act else "spec")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .hadamard import RotationError, fwht, hadamard, is_pow2, hadamard_factor, supported_blocks, sylvester
+from .hadamard import RotationError, fwht, hadamard, hadamard_factor, is_pow2, supported_blocks, sylvester
 
 TRANSFORMS = ("hadamard", "dct", "dst", "gsr", "identity")
 

@@ -36,7 +36,7 @@ def _recent(device: torch.device) -> bool:
     return ptx_arch(device) >= 80
 
 
-TC_ROWS = 128  # up to this many rows: the tensor-core decode GEMM (tcgemv.py) where the weight fits its layout
+TC_ROWS = 128  # up to this many rows: the tensor-core decode GEMMs (tcgemv.py; midgemm.py on Hopper, 17-128 rows)
 WS_ROWS = 16  # up to this many bf16 rows on Hopper: its warp-specialized form (wsgemv.py; MRGPTQ_WS=0: off;
 # it takes up to 32, but at 32 rows it was slower than tc_gemv at 3 of the 4 Llama-3-8B shapes: BENCHMARKS.md),
 # or for small weights the row-split form (rowgemv.py, `rowgemv.fits`; MRGPTQ_ROW=0: off)

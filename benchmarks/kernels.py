@@ -134,6 +134,8 @@ def w4a16_rows(shapes, ms, dev, names=None):
     from mrgptq.kernels import TC_ROWS, decode_gemm, ws_enabled
     from mrgptq.kernels.tcgemv import tc_gemv
     ws_ok = ws_enabled(torch.device(dev))
+    if ws_ok:
+        from mrgptq.kernels.midgemm import MAX_ROWS, mid_gemm
 
     def kernels(x, q, bufs, tcb, alpha):
         ks = {"tc": lambda i: tc_gemv(x, tcb[i], alpha)}
@@ -144,8 +146,7 @@ def w4a16_rows(shapes, ms, dev, names=None):
             ks["ws"] = lambda i: ws_gemv(x, tcb[i], alpha)
             if fits(tcb[0], x.shape[0]):
                 ks["row"] = lambda i: row_gemv(x, tcb[i], alpha)
-        elif x.shape[0] <= 128 and ws_ok:
-            from mrgptq.kernels.midgemm import mid_gemm
+        elif x.shape[0] <= MAX_ROWS and ws_ok:
 
             ks["mid"] = lambda i: mid_gemm(x, tcb[i], alpha)
         if x.shape[0] <= TC_ROWS:
@@ -360,7 +361,7 @@ def main():
     p.add_argument("--no-70b", action="store_true")
     p.add_argument("--ms", default="1,4,8,16,32", help="W4A16 rows (batch sizes) to time")
     p.add_argument("--w4a16-kernels", default="tc,ws,row,mid,dispatch,gemv,gemv plain-decode,gemm",
-                   help="comma-separated W4A16 kernels to time (tc, ws, row, dispatch, gemv, gemv plain-decode, gemm)")
+                   help="comma-separated W4A16 kernels to time (tc, ws, row, mid, dispatch, gemv, gemv plain-decode, gemm)")
     p.add_argument("--sweep-formats", default="mxfp4,nvfp4")
     p.add_argument("--qsweep-kernel", choices=("gluon", "triton"), default="gluon",
                    help="which rotate+quantize kernel --only qsweep sweeps")

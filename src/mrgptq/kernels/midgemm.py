@@ -174,15 +174,19 @@ def _pick(M: int, N: int, K: int, sms: int) -> tuple[int, int, int]:
 GPU_CHECKED = ((3, 6),)  # Triton releases this kernel has run its GPU tests on (3.9 builds it for sm_90)
 
 
+@functools.cache
+def _checked_here() -> bool:
+    """This Triton is in GPU_CHECKED, or MRGPTQ_GLUON=1 asks for the kernel anyway (read once, as has_gluon does)."""
+    from . import triton_release
+
+    return triton_release() in GPU_CHECKED or os.environ.get("MRGPTQ_GLUON") == "1"
+
+
 def serves(M: int, N: int, K: int, sms: int) -> bool:
     """Whether QuantLinear should run this kernel for M bf16 rows: 33-128 rows, and 17-32 where it shares x
     (W > 1; with 64-row tiles `tc_gemv` was faster at 32 tokens: 8B qkv 12.5 against 14.1 us, o 9.9 against
     10.6); only on a Triton in GPU_CHECKED unless MRGPTQ_GLUON=1."""
-    from . import triton_release
-
-    if triton_release() not in GPU_CHECKED and os.environ.get("MRGPTQ_GLUON") != "1":
-        return False
-    return K % CHUNK == 0 and (32 < M <= MAX_ROWS or (16 < M <= 32 and _pick(M, N, K, sms)[0] > 1))
+    return _checked_here() and K % CHUNK == 0 and (32 < M <= MAX_ROWS or (16 < M <= 32 and _pick(M, N, K, sms)[0] > 1))
 
 
 def _weight_descriptors(tw: TcWeight, W: int):

@@ -129,9 +129,9 @@ def w4a16_rows(shapes, ms, dev, names=None):
     """The W4A16 kernels (tensor-core decode GEMM `tc`, its warp-specialized form `ws` and the row-split `row`
     (M <= 16, Hopper), the shared-x `mid` (17-128 rows, Hopper), `dispatch`: the one QuantLinear picks (M <= 128),
     CUDA-core GEMV, tile GEMM) against cuBLAS bf16, same M."""
+    from mrgptq.kernels import TC_ROWS, decode_gemm, ws_enabled
     from mrgptq.kernels.gemm import fp4_matmul
     from mrgptq.kernels.gemv import fp4_gemv
-    from mrgptq.kernels import TC_ROWS, decode_gemm, ws_enabled
     from mrgptq.kernels.tcgemv import tc_gemv
     ws_ok = ws_enabled(torch.device(dev))
     if ws_ok:

@@ -403,6 +403,32 @@ def test_shared_x_decode_gemm(fmt, M):
         mid_gemm(student_t((129, K), seed=1).to(torch.bfloat16).to(DEV), tw)
 
 
+def test_shared_x_pick_and_rows_served():
+    """What QuantLinear hands the shared-x decode GEMM, and how it splits the work (pure arithmetic, so checked on
+    CPU): 33-128 rows at any Llama shape, 17-32 only where x is shared (W > 1), never 1-16 or 129+, never a K
+    that is not a whole number of 128-wide steps; at most one program per SM, a power-of-2 K split that leaves each
+    program at least 2 steps, x shared only at up to 64 tokens or where 128-row tiles fill the SMs 1.5 times."""
+    import importlib.util
+
+    if importlib.util.find_spec("triton.experimental.gluon") is None:
+        pytest.skip("this Triton ships no Gluon")
+    from mrgptq.kernels.midgemm import _pick, serves
+
+    shapes = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (10240, 8192), (57344, 8192), (100, 512)]
+    for sms in (132, 114, 78):
+        for N, K in shapes:
+            for M in range(1, 160):
+                W, split, stages = _pick(M, N, K, sms)
+                tiles, steps = -(-N // (64 * W)), K // 128
+                assert W in (1, 2, 4) and stages >= 2 and split & (split - 1) == 0, (M, N, K, sms)
+                assert split == 1 or (tiles * split <= sms and split * 2 <= steps), (M, N, K, sms, split)
+                assert M <= 64 or W == 1 or N / 128 >= 1.5 * sms, (M, N, K, sms, W)
+                want = 32 < M <= 128 or (16 < M <= 32 and W > 1)
+                assert serves(M, N, K, sms) == want, (M, N, K, sms)
+                assert not serves(M, N, K + 64, sms)
+    assert _pick(64, 28672, 4096, 132)[0] == 4 and _pick(64, 4096, 14336, 132)[0] == 2  # 8B gate_up, down
+
+
 @pytest.mark.skipif(not _ws_ok(), reason="the row-split decode GEMM needs a Hopper GPU and Triton's Gluon")
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
 @pytest.mark.parametrize("M", [1, 2, 3, 5, 9, 16])

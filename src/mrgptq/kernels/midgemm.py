@@ -16,12 +16,12 @@ tokens 30.2 -> 21.9 us): `tc_gemv` has one step in flight, here S steps are. Sha
 there are enough tiles to keep one program per SM (gate_up) or K is long (down); the warpgroups of a program
 move in step (one `empty` arrival per stage), and at 128 tokens each warpgroup's wgmmas, not x, are the bound.
 Decoding the next step while the wgmmas run (asynchronous wgmma) was tried: ptxas put the wait back before the
-decode and one build gave wrong results; not kept.
+decode and one build gave wrong results; not kept. So was giving a tile's tokens to two warpgroups that decode the
+same bricks (session 26: the decode done twice cost more than the overlap gained, except at 8B o above 64 tokens).
 """
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
@@ -171,22 +171,11 @@ def _pick(M: int, N: int, K: int, sms: int) -> tuple[int, int, int]:
     return W, split, 3
 
 
-GPU_CHECKED = ((3, 6),)  # Triton releases this kernel has run its GPU tests on (3.9 builds it for sm_90)
-
-
-@functools.cache
-def _checked_here() -> bool:
-    """This Triton is in GPU_CHECKED, or MRGPTQ_GLUON=1 asks for the kernel anyway (read once, as has_gluon does)."""
-    from . import triton_release
-
-    return triton_release() in GPU_CHECKED or os.environ.get("MRGPTQ_GLUON") == "1"
-
-
 def serves(M: int, N: int, K: int, sms: int) -> bool:
     """Whether QuantLinear should run this kernel for M bf16 rows: 33-128 rows, and 17-32 where it shares x
     (W > 1; with 64-row tiles `tc_gemv` was faster at 32 tokens: 8B qkv 12.5 against 14.1 us, o 9.9 against
-    10.6); only on a Triton in GPU_CHECKED unless MRGPTQ_GLUON=1."""
-    return _checked_here() and K % CHUNK == 0 and (32 < M <= MAX_ROWS or (16 < M <= 32 and _pick(M, N, K, sms)[0] > 1))
+    10.6). Its Triton gate is the other Gluon kernels' (`kernels.has_gluon`, checked by the caller)."""
+    return K % CHUNK == 0 and (32 < M <= MAX_ROWS or (16 < M <= 32 and _pick(M, N, K, sms)[0] > 1))
 
 
 def _weight_descriptors(tw: TcWeight, W: int):

@@ -65,19 +65,19 @@ for name, N, K, M, fmt, x, t_bf16, tcb, alpha, ref, n_w in kb.decode_cases(kb.li
     tc_cfg = tc_pick(M, N, K, _sm_count(x.device))
     trial(res, f"tc {tc_cfg}", lambda i, x=x, tcb=tcb, alpha=alpha: tc_gemv(x, tcb[i], alpha), tcb, ref, n_w)
     mp = max(16, 1 << (M - 1).bit_length())
-    for W in args.ws:
+    for W, pp in [(w, p) for w in args.ws for p in ((False, True) if w == 1 else (False,))]:
         tiles = -(-N // (64 * W))
         for st in args.stages:
-            if st * (mp * 256 + W * (4096 + 512)) + 4096 > SMEM:
+            if st * (mp * 256 + W * (4096 + 512)) + 4096 + pp * mp * 256 > SMEM or (pp and st % 2):
                 continue
             for per_sm in args.programs:
                 for split in (args.splits if per_sm == 0 else [1]):
                     if split * 2 > K // 128 or tiles * split > 4 * sms:
                         continue
-                    key = f"mid W{W} S{st} " + (f"split{split}" if per_sm == 0 else f"P{per_sm}xSM")
-                    trial(res, key, lambda i, x=x, tcb=tcb, alpha=alpha, W=W, st=st, split=split, per_sm=per_sm:
+                    key = f"mid W{W}{' PP' if pp else ''} S{st} " + (f"split{split}" if per_sm == 0 else f"P{per_sm}xSM")
+                    trial(res, key, lambda i, x=x, tcb=tcb, alpha=alpha, W=W, st=st, split=split, per_sm=per_sm, pp=pp:
                           mid_gemm(x, tcb[i], alpha, warpgroups=W, stages=st, split=split,
-                                   programs=per_sm * sms or None), tcb, ref, n_w)
+                                   programs=per_sm * sms or None, pingpong=pp), tcb, ref, n_w)
     pick = mid_pick(M, N, K, sms)
     best = sorted(res, key=res.get)[:3]
     print(f"{name:12s} {fmt} M={M} bf16 {t_bf16:.1f}us | tc {res.get(f'tc {tc_cfg}', float('nan')):.1f} | "

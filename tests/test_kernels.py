@@ -380,7 +380,8 @@ def test_warp_specialized_decode_gemm_is_tc_gemv_bit_for_bit(fmt, M):
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
 @pytest.mark.parametrize("M", [17, 40, 64, 100, 128])
 def test_shared_x_decode_gemm(fmt, M):
-    """One x tile fed by TMA to 1, 2 or 4 warpgroups (64-256 weight rows): within bf16 rounding of the dequantized
+    """One x tile fed by TMA to 1, 2 or 4 warpgroups (64-256 weight rows; 64 also as two ping-pong warpgroups
+    taking turns): within bf16 rounding of the dequantized
     reference for the heuristic, forced K splits, ring depths and stream-K grids (programs ending inside tiles),
     on partial tiles (N = 100) and token tiles padded past M by TMA's zero fill; every output written, the same
     bits twice; more rows than one token tile are refused."""
@@ -393,7 +394,9 @@ def test_shared_x_decode_gemm(fmt, M):
         x = student_t((M, K), seed=M + 13).to(torch.bfloat16).to(DEV)
         ref = x.float() @ wdq.T
         for kw in ({}, {"warpgroups": 1, "split": 2}, {"warpgroups": 2, "stages": 2}, {"warpgroups": 4, "split": 4},
-                   {"warpgroups": 2, "programs": 7}, {"warpgroups": 1, "programs": 133, "stages": 4}):
+                   {"warpgroups": 2, "programs": 7}, {"warpgroups": 1, "programs": 133, "stages": 4},
+                   {"warpgroups": 1, "pingpong": True}, {"warpgroups": 1, "pingpong": True, "split": 2},
+                   {"warpgroups": 1, "pingpong": True, "programs": 7, "stages": 2}):
             if (K // 128) < kw.get("split", 1):
                 continue
             y = mid_gemm(x, tw, _alpha(q), out=poisoned((M, N), torch.bfloat16), **kw)
@@ -401,6 +404,8 @@ def test_shared_x_decode_gemm(fmt, M):
             assert torch.equal(y, mid_gemm(x, tw, _alpha(q), **kw)), (N, K, M, kw)
     with pytest.raises(MrgptqError, match="M <= 128"):
         mid_gemm(student_t((129, K), seed=1).to(torch.bfloat16).to(DEV), tw)
+    with pytest.raises(MrgptqError, match="even ring"):
+        mid_gemm(x, tw, warpgroups=1, stages=3, pingpong=True)
 
 
 def test_shared_x_pick_and_rows_served():

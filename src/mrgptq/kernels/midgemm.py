@@ -18,6 +18,9 @@ move in step (one `empty` arrival per stage), and at 128 tokens each warpgroup's
 Decoding the next step while the wgmmas run (asynchronous wgmma) was tried: ptxas put the wait back before the
 decode and one build gave wrong results; not kept. So was giving a tile's tokens to two warpgroups that decode the
 same bricks (session 26: the decode done twice cost more than the overlap gained, except at 8B o above 64 tokens).
+What does overlap them is ping-pong (`pingpong=True`, 64-row tiles): two warpgroups take the tile's units in turn
+and meet once per tile in shared memory (session 26: 8B qkv at 128 tokens 22.1 -> 18.8 us, down 40.3 -> 34.1;
+slower at 96 tokens, so not yet the default).
 """
 from __future__ import annotations
 
@@ -80,20 +83,25 @@ def _decode(w_buf, s_buf, v, AL: gl.constexpr, WL: gl.constexpr, SL: gl.constexp
 
 
 @gluon.jit
-def _consumer(w_bufs, s_bufs, x_bufs, ready, empty, y_ptr, ws_ptr, cnt_ptr, alpha, ra_ptr, M, N, stride_ym, u0,
-              u1, U, P, p, steps, MP: gl.constexpr, W: gl.constexpr, WL: gl.constexpr, SL: gl.constexpr,
-              NV: gl.constexpr, ROW_ALPHA: gl.constexpr):
-    """W warpgroups: per unit, decode the stage's bricks and wgmma them with its x tile; flush each tile."""
+def _consumer(j: gl.constexpr, PP: gl.constexpr, w_bufs, s_bufs, x_bufs, ready, empty, red, rb, y_ptr, ws_ptr,
+              cnt_ptr, alpha, ra_ptr, M, N, stride_ym, u0, u1, U, P, p, steps, MP: gl.constexpr, W: gl.constexpr,
+              WL: gl.constexpr, SL: gl.constexpr, NV: gl.constexpr, ROW_ALPHA: gl.constexpr):
+    """W warpgroups: per unit, decode the stage's bricks and wgmma them with its x tile; flush each tile.
+
+    Ping-pong (PP, W = 1): two such partitions j = 0, 1 take a tile's units in turn, so one decodes while the
+    other's wgmmas run; at the tile's end j = 1 hands its partial sum over in shared memory (`red`, barriers
+    rb: 0 = written, 1 = read) and j = 0 flushes the total."""
     S: gl.constexpr = ready.type.shape[0]
     BN: gl.constexpr = 64 * W
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4 * W, 1], instr_shape=[16, MP, 16])
     AL: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     v = gl.arange(0, 16, gl.SliceLayout(0, WL)) % 4  # word 4t + v
     for n in range(u0 // steps, gl.cdiv(u1, steps)):
+        k = n - u0 // steps  # tiles done
         a_beg = gl.maximum(u0, n * steps)
         a_end = gl.minimum(u1, (n + 1) * steps)
         acc = gl.zeros((BN, MP), gl.float32, MMA)
-        for u in range(a_beg, a_end):
+        for u in range(a_beg + j, a_end, 1 + PP):
             i = u - u0
             st = i % S
             mbarrier.wait(ready.index(st), (i // S) & 1)
@@ -102,14 +110,25 @@ def _consumer(w_bufs, s_bufs, x_bufs, ready, empty, y_ptr, ws_ptr, cnt_ptr, alph
             acc = warpgroup_mma(a1, x_bufs.index(2 * st + 1).permute((1, 0)), acc)
             barrier()  # every warpgroup's wgmma has read the stage
             mbarrier.arrive(empty.index(st), count=1)
-        _flush(acc, n, a_beg, a_end, y_ptr, ws_ptr, cnt_ptr, alpha, ra_ptr, M, N, stride_ym, u0, U, P, p, steps, MP,
-               MMA, ROW_ALPHA, BN)
+        if j == 1:
+            if k > 0:
+                mbarrier.wait(rb.index(1), (k - 1) & 1)  # the last tile's partial has been read
+            red.store(acc)
+            mbarrier.arrive(rb.index(0), count=1)
+        else:
+            if PP:
+                mbarrier.wait(rb.index(0), k & 1)
+                acc = acc + red.load(MMA)
+                mbarrier.arrive(rb.index(1), count=1)
+            _flush(acc, n, a_beg, a_end, y_ptr, ws_ptr, cnt_ptr, alpha, ra_ptr, M, N, stride_ym, u0, U, P, p, steps,
+                   MP, MMA, ROW_ALPHA, BN)
 
 
 @gluon.jit
 def _mid_gemm_kernel(x_desc, w_desc, s_desc, y_ptr, ws_ptr, cnt_ptr, alpha, ra_ptr, M, N, K, stride_ym,
                      S: gl.constexpr, MP: gl.constexpr, W: gl.constexpr, WL: gl.constexpr, SL: gl.constexpr,
-                     NV: gl.constexpr, ROW_ALPHA: gl.constexpr, BYTES: gl.constexpr, PREGS: gl.constexpr):
+                     NV: gl.constexpr, ROW_ALPHA: gl.constexpr, BYTES: gl.constexpr, PREGS: gl.constexpr,
+                     PP: gl.constexpr, CREGS: gl.constexpr):
     p = gl.program_id(0)
     P = gl.num_programs(0)
     steps = K // 128
@@ -125,11 +144,24 @@ def _mid_gemm_kernel(x_desc, w_desc, s_desc, y_ptr, ws_ptr, cnt_ptr, alpha, ra_p
     for i in gl.static_range(S):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=1)
-    gl.warp_specialize([
-        (_consumer, (w_bufs, s_bufs, x_bufs, ready, empty, y_ptr, ws_ptr, cnt_ptr, alpha, ra_ptr, M, N, stride_ym,
-                     u0, u1, U, P, p, steps, MP, W, WL, SL, NV, ROW_ALPHA)),
-        (_producer, (x_desc, w_desc, s_desc, x_bufs, w_bufs, s_bufs, ready, empty, u0, u1, steps, W, SW, BYTES)),
-    ], [1], [PREGS])
+    if PP:  # a stage's units alternate between the two consumers: S even, so its previous user was the same one
+        red = gl.allocate_shared_memory(gl.float32, [64, MP], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+        rb = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        mbarrier.init(rb.index(0), count=1)
+        mbarrier.init(rb.index(1), count=1)
+        gl.warp_specialize([
+            (_consumer, (0, True, w_bufs, s_bufs, x_bufs, ready, empty, red, rb, y_ptr, ws_ptr, cnt_ptr, alpha,
+                         ra_ptr, M, N, stride_ym, u0, u1, U, P, p, steps, MP, W, WL, SL, NV, ROW_ALPHA)),
+            (_consumer, (1, True, w_bufs, s_bufs, x_bufs, ready, empty, red, rb, y_ptr, ws_ptr, cnt_ptr, alpha,
+                         ra_ptr, M, N, stride_ym, u0, u1, U, P, p, steps, MP, W, WL, SL, NV, ROW_ALPHA)),
+            (_producer, (x_desc, w_desc, s_desc, x_bufs, w_bufs, s_bufs, ready, empty, u0, u1, steps, W, SW, BYTES)),
+        ], [4, 1], [CREGS, PREGS])
+    else:
+        gl.warp_specialize([
+            (_consumer, (0, False, w_bufs, s_bufs, x_bufs, ready, empty, x_bufs, ready, y_ptr, ws_ptr, cnt_ptr,
+                         alpha, ra_ptr, M, N, stride_ym, u0, u1, U, P, p, steps, MP, W, WL, SL, NV, ROW_ALPHA)),
+            (_producer, (x_desc, w_desc, s_desc, x_bufs, w_bufs, s_bufs, ready, empty, u0, u1, steps, W, SW, BYTES)),
+        ], [1], [PREGS])
 
 
 @functools.cache
@@ -198,11 +230,15 @@ def _weight_descriptors(tw: TcWeight, W: int):
 
 def mid_gemm(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tensor | None = None,
              warpgroups: int | None = None, split: int | None = None, stages: int | None = None,
-             programs: int | None = None, mp: int | None = None, maxnreg: int | None = None) -> torch.Tensor:
+             programs: int | None = None, mp: int | None = None, maxnreg: int | None = None,
+             pingpong: bool = False) -> torch.Tensor:
     """y (M, N) = alpha * x W^T (times W's row_alpha) in bf16, x (M <= 128, K) bf16, W a `TcWeight`.
 
     `warpgroups` W: weight rows per tile / 64 (1, 2 or 4); `split`: K splits (P = tiles x split programs);
-    `programs` overrides P (stream-K); `stages`: the ring's depth; `mp`: token tile (16-128, >= M)."""
+    `programs` overrides P (stream-K); `stages`: the ring's depth; `mp`: token tile (16-128, >= M); `pingpong`
+    (W = 1, an even ring, 4 deep by default): two warpgroups take a tile's k steps in turn, one decoding while the
+    other's wgmmas run. Not the default yet: faster at 64 and 128 tokens, slower at 96 (BENCHMARKS.md, session
+    26)."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from .gemm import _sm_count
@@ -212,9 +248,13 @@ def mid_gemm(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tenso
     if Kw != K or M > MAX_ROWS or K % CHUNK:
         raise MrgptqError(f"mid_gemm: needs a weight with x's K (x {K}, W {Kw}) and M <= {MAX_ROWS} rows (got {M})")
     W0, split0, st0 = _pick(M, N, K, _sm_count(x.device))
-    W, stages = warpgroups or W0, stages or st0
+    W = warpgroups or W0
     if W not in (1, 2, 4):
         raise MrgptqError(f"mid_gemm: warpgroups must be 1, 2 or 4 (got {W})")
+    pp = bool(pingpong)
+    stages = stages or (4 if pp else st0)
+    if pp and (W != 1 or stages % 2):
+        raise MrgptqError(f"mid_gemm: ping-pong needs 64-row tiles and an even ring (got W={W}, stages={stages})")
     split = split or (split0 if warpgroups is None else 1)
     mp = mp or max(16, triton.next_power_of_2(M))
     if M > mp:
@@ -237,5 +277,6 @@ def mid_gemm(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tenso
     ra = tw.row_alpha
     _mid_gemm_kernel[(P,)](xd, wd, sd, y, ws, cnt, alpha * 2.0 ** tw.shift, y if ra is None else ra, M, N, K,
                            y.stride(0), S=stages, MP=mp, W=W, WL=words, SL=pairs, NV=nv, ROW_ALPHA=ra is not None,
-                           BYTES=nbytes, PREGS=24, num_warps=4 * W, maxnreg=maxnreg, **LAUNCH)
+                           BYTES=nbytes, PREGS=24, PP=pp, CREGS=232, num_warps=4 * W, maxnreg=maxnreg,
+                           **LAUNCH)
     return y

@@ -82,13 +82,15 @@ def _cases():
         yield f"row_gemv {fmt}", lambda tw=tw: _hopper("rowgemv", "row_gemv", x[:1], tw)
         yield f"ws_gemv {fmt}", lambda tw=tw: _hopper("wsgemv", "ws_gemv", x[:1], tw)
         yield f"mid_gemm {fmt}", lambda tw=tw: _hopper("midgemm", "mid_gemm", x[:40], tw)
+        yield f"mid_gemm pingpong {fmt}", lambda tw=tw: _hopper("midgemm", "mid_gemm", x[:40], tw, warpgroups=1,
+                                                                pingpong=True)
     w1 = torch.randn(32, 128, generator=torch.Generator().manual_seed(1))
     yield "gptq lazy block", lambda: gptq.lazy_block(w1, torch.eye(128), torch.ones(32, 128),
                                                      torch.zeros(32, 128, dtype=torch.int32), torch.zeros(32, 128),
                                                      0, 128)
 
 
-def _hopper(module: str, name: str, *args):
+def _hopper(module: str, name: str, *args, **kwargs):
     """A Gluon decode GEMM (`module.name`), which QuantLinear runs on Hopper only (`wsgemv.gluon_ok`)."""
     import importlib
 
@@ -99,7 +101,7 @@ def _hopper(module: str, name: str, *args):
         raise MrgptqError("a Hopper-only kernel")
     if not has_gluon():
         raise MrgptqError("this Triton's Gluon is not the API the Gluon kernels use (kernels.has_gluon)")
-    return getattr(importlib.import_module(f"{__package__}.{module}"), name)(*args)
+    return getattr(importlib.import_module(f"{__package__}.{module}"), name)(*args, **kwargs)
 
 
 @contextlib.contextmanager

@@ -156,7 +156,7 @@ def _mid_gemm_kernel(x_desc, w_desc, s_desc, y_ptr, ws_ptr, cnt_ptr, alpha, ra_p
                          ra_ptr, M, N, stride_ym, u0, u1, U, P, p, steps, MP, W, WL, SL, NV, ROW_ALPHA)),
             (_producer, (x_desc, w_desc, s_desc, x_bufs, w_bufs, s_bufs, ready, empty, u0, u1, steps, W, SW, BYTES)),
         ], [4, 1], [CREGS, PREGS])
-    else:
+    else:  # one consumer partition: `red` and `rb` are never touched, any buffers stand in for them
         gl.warp_specialize([
             (_consumer, (0, False, w_bufs, s_bufs, x_bufs, ready, empty, x_bufs, ready, y_ptr, ws_ptr, cnt_ptr,
                          alpha, ra_ptr, M, N, stride_ym, u0, u1, U, P, p, steps, MP, W, WL, SL, NV, ROW_ALPHA)),

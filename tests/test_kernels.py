@@ -378,13 +378,14 @@ def test_warp_specialized_decode_gemm_is_tc_gemv_bit_for_bit(fmt, M):
 
 @pytest.mark.skipif(not _ws_ok(), reason="the shared-x decode GEMM needs a Hopper GPU and Triton's Gluon")
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
-@pytest.mark.parametrize("M", [17, 40, 64, 100, 128])
+@pytest.mark.parametrize("M", [17, 40, 64, 72, 100, 128])
 def test_shared_x_decode_gemm(fmt, M):
     """One x tile fed by TMA to 1, 2 or 4 warpgroups (64-256 weight rows; 64 also as two ping-pong warpgroups
-    taking turns): within bf16 rounding of the dequantized
-    reference for the heuristic, forced K splits, ring depths and stream-K grids (programs ending inside tiles),
-    on partial tiles (N = 100) and token tiles padded past M by TMA's zero fill; every output written, the same
-    bits twice; more rows than one token tile are refused."""
+    taking turns): within bf16 rounding of the dequantized reference for the heuristic, forced K splits, ring
+    depths and stream-K grids (programs ending inside tiles), on partial tiles (N = 100) and token tiles whose rows
+    past M no box reaches (x's rows in 64/32/16-row boxes: M = 17, 40, 72, 100 take 32, 32+16, 64+16, 64+32+16)
+    and hold NaN left by a full tile run just before; every output written, the same bits twice; more rows than
+    one token tile are refused."""
     from mrgptq.errors import MrgptqError
     from mrgptq.kernels.midgemm import mid_gemm
 
@@ -393,12 +394,14 @@ def test_shared_x_decode_gemm(fmt, M):
         tw = tc_pack(wp, ws, q.spec)
         x = student_t((M, K), seed=M + 13).to(torch.bfloat16).to(DEV)
         ref = x.float() @ wdq.T
+        stale = torch.full((max(16, 1 << (M - 1).bit_length()), K), float("nan"), dtype=torch.bfloat16, device=DEV)
         for kw in ({}, {"warpgroups": 1, "split": 2}, {"warpgroups": 2, "stages": 2}, {"warpgroups": 4, "split": 4},
                    {"warpgroups": 2, "programs": 7}, {"warpgroups": 1, "programs": 133, "stages": 4},
                    {"warpgroups": 1, "pingpong": True}, {"warpgroups": 1, "pingpong": True, "split": 2},
                    {"warpgroups": 1, "pingpong": True, "programs": 7, "stages": 2}):
             if (K // 128) < kw.get("split", 1):
                 continue
+            mid_gemm(stale, tw, **kw)  # NaN in every x row of the ring
             y = mid_gemm(x, tw, _alpha(q), out=poisoned((M, N), torch.bfloat16), **kw)
             _close(y, ref)
             assert torch.equal(y, mid_gemm(x, tw, _alpha(q), **kw)), (N, K, M, kw)
@@ -412,7 +415,8 @@ def test_shared_x_pick_and_rows_served():
     """What QuantLinear hands the shared-x decode GEMM, and how it splits the work (pure arithmetic, so checked on
     CPU): 33-128 rows at any Llama shape, 17-32 only where x is shared (W > 1), never 1-16 or 129+, never a K
     that is not a whole number of 128-wide steps; at most one program per SM, a power-of-2 K split that leaves each
-    program at least 2 steps, x shared only at up to 64 tokens or where 128-row tiles fill the SMs 1.5 times."""
+    program at least 2 steps, x shared only at up to 64 tokens or where 128-row tiles fill the SMs 1.5 times, and
+    two ping-pong warpgroups on an even ring wherever it is not shared above 32 tokens."""
     import importlib.util
 
     if importlib.util.find_spec("triton.experimental.gluon") is None:
@@ -423,15 +427,17 @@ def test_shared_x_pick_and_rows_served():
     for sms in (132, 114, 78):
         for N, K in shapes:
             for M in range(1, 160):
-                W, split, stages = _pick(M, N, K, sms)
+                W, split, stages, pp = _pick(M, N, K, sms)
                 tiles, steps = -(-N // (64 * W)), K // 128
                 assert W in (1, 2, 4) and stages >= 2 and split & (split - 1) == 0, (M, N, K, sms)
+                assert pp == (W == 1 and M > 32) and not (pp and stages % 2), (M, N, K, sms)
                 assert split == 1 or (tiles * split <= sms and split * 2 <= steps), (M, N, K, sms, split)
                 assert M <= 64 or W == 1 or N / 128 >= 1.5 * sms, (M, N, K, sms, W)
                 want = 32 < M <= 128 or (16 < M <= 32 and W > 1)
                 assert serves(M, N, K, sms) == want, (M, N, K, sms)
                 assert not serves(M, N, K + 64, sms)
-    assert _pick(64, 28672, 4096, 132)[0] == 4 and _pick(64, 4096, 14336, 132)[0] == 2  # 8B gate_up, down
+    assert _pick(64, 28672, 4096, 132)[0] == 4 and _pick(128, 28672, 4096, 132)[0] == 2  # 8B gate_up
+    assert _pick(32, 4096, 14336, 132)[0] == 2 and _pick(64, 4096, 14336, 132)[3]  # 8B down
 
 
 @pytest.mark.skipif(not _ws_ok(), reason="the row-split decode GEMM needs a Hopper GPU and Triton's Gluon")

@@ -4,8 +4,8 @@
 L2 (100 MB for Llama-3-8B qkv), and above 64 tokens it is slower than cuBLAS bf16 (BENCHMARKS.md, session 24).
 Here a program's tile is 64 W weight rows: W consumer warpgroups each decode their own brick (`tc_pack` layout,
 `wsgemv.decode_words`) into the wgmma A operand, and all of them multiply it with one x tile, so x is read once
-per 64 W rows. A one-warp producer fills a ring of S shared-memory stages by TMA: x as two (tokens, 64) boxes
-(rows past M read as zeros), the W bricks of the step as one box, their scale words as another; a stage's
+per 64 W rows. A one-warp producer fills a ring of S shared-memory stages by TMA: x's rows up to the next
+multiple of 16 (`_producer`), the W bricks of the step as one box, their scale words as another; a stage's
 `ready` barrier completes when its bytes land, its `empty` barrier when every warpgroup's wgmma has read it.
 
 Work is split as in `ws_gemv`: units (tile, 128-wide k step) in tile-major order, program p takes
@@ -18,9 +18,9 @@ move in step (one `empty` arrival per stage), and at 128 tokens each warpgroup's
 Decoding the next step while the wgmmas run (asynchronous wgmma) was tried: ptxas put the wait back before the
 decode and one build gave wrong results; not kept. So was giving a tile's tokens to two warpgroups that decode the
 same bricks (session 26: the decode done twice cost more than the overlap gained, except at 8B o above 64 tokens).
-What does overlap them is ping-pong (`pingpong=True`, 64-row tiles): two warpgroups take the tile's units in turn
-and meet once per tile in shared memory (session 26: 8B qkv at 128 tokens 22.1 -> 18.8 us, down 40.3 -> 34.1;
-slower at 96 tokens, so not yet the default).
+What does overlap them is ping-pong (64-row tiles): two warpgroups take the tile's units in turn and meet once
+per tile in shared memory; the default wherever x is not shared (session 27: 8B qkv at 128 tokens 21.7 -> 19.1 us,
+down 39.9 -> 34.4). Its gain showed only once x's TMA boxes stopped reaching past M (`_producer`).
 """
 from __future__ import annotations
 
@@ -39,12 +39,25 @@ from .tcgemv import CHUNK, WS_FLOATS, TcWeight, _workspace
 from .wsgemv import _flush, _stack4, decode_words
 
 MAX_ROWS = 128  # x rows one launch takes (one token tile)
+STAGES = {False: 3, True: 4}  # the ring's depth without and with ping-pong (which needs an even one)
 
 
 @gluon.jit
-def _producer(x_desc, w_desc, s_desc, x_bufs, w_bufs, s_bufs, ready, empty, u0, u1, steps, W: gl.constexpr,
-              SW: gl.constexpr, BYTES: gl.constexpr):
-    """One warp: unit u's x tile, W bricks and scale words into stage u % S, by TMA."""
+def _x_boxes(x64, x32, x16, x_buf, bar, col, R: gl.constexpr):
+    """x's first R rows (R a multiple of 16), 64 columns from `col`, into x_buf: boxes of 64 rows, then one of 32
+    and one of 16 as R's binary digits ask."""
+    for b in gl.static_range(R // 64):
+        tma_load(x64, [b * 64, col], bar, x_buf.slice(b * 64, 64))
+    if R % 64 >= 32:
+        tma_load(x32, [R // 64 * 64, col], bar, x_buf.slice(R // 64 * 64, 32))
+    if R % 32 == 16:
+        tma_load(x16, [R - 16, col], bar, x_buf.slice(R - 16, 16))
+
+
+@gluon.jit
+def _produce(x64, x32, x16, w_desc, s_desc, x_bufs, w_bufs, s_bufs, ready, empty, u0, u1, steps, W: gl.constexpr,
+             SW: gl.constexpr, BYTES: gl.constexpr, R: gl.constexpr):
+    """Unit u's first R x rows, W bricks and scale words into stage u % S, by TMA."""
     S: gl.constexpr = ready.type.shape[0]
     for u in range(u0, u1):
         i = u - u0
@@ -53,11 +66,26 @@ def _producer(x_desc, w_desc, s_desc, x_bufs, w_bufs, s_bufs, ready, empty, u0, 
         n = u // steps
         t = u % steps
         bar = ready.index(st)
-        mbarrier.expect(bar, BYTES)
-        tma_load(x_desc, [0, t * 128], bar, x_bufs.index(2 * st))
-        tma_load(x_desc, [0, t * 128 + 64], bar, x_bufs.index(2 * st + 1))
+        mbarrier.expect(bar, BYTES + 2 * R * 64 * 2)
+        _x_boxes(x64, x32, x16, x_bufs.index(2 * st), bar, t * 128, R)
+        _x_boxes(x64, x32, x16, x_bufs.index(2 * st + 1), bar, t * 128 + 64, R)
         tma_load(w_desc, [n * W, t * 64, 0], bar, w_bufs.index(st))
         tma_load(s_desc, [n * W, t * (64 * SW)], bar, s_bufs.index(st))
+
+
+@gluon.jit
+def _producer(x64, x32, x16, w_desc, s_desc, x_bufs, w_bufs, s_bufs, ready, empty, u0, u1, steps, M,
+              W: gl.constexpr, SW: gl.constexpr, BYTES: gl.constexpr):
+    """One warp: x's rows in bounds only, 16 ceil(M / 16) of them, in one loop built for each such count (a box
+    chosen inside the loop, by branch or predicate, cost more than it saved: session 27). A box reaching past M
+    reads zero-filled rows, and those were slow: 8B qkv at 80 tokens took 25.9 us against 18.7 with the rows in
+    bounds (ping-pong). The rows no box reaches keep stale values, which reach only the masked output columns."""
+    MP: gl.constexpr = x_bufs.type.shape[1]
+    q16 = gl.cdiv(M, 16)
+    for r in gl.static_range(1, MP // 16 + 1):
+        if q16 == r:
+            _produce(x64, x32, x16, w_desc, s_desc, x_bufs, w_bufs, s_bufs, ready, empty, u0, u1, steps, W, SW,
+                     BYTES, r * 16)
 
 
 @gluon.jit
@@ -90,7 +118,10 @@ def _consumer(j: gl.constexpr, PP: gl.constexpr, w_bufs, s_bufs, x_bufs, ready, 
 
     Ping-pong (PP, W = 1): two such partitions j = 0, 1 take a tile's units in turn, so one decodes while the
     other's wgmmas run; at the tile's end j = 1 hands its partial sum over in shared memory (`red`, barriers
-    rb: 0 = written, 1 = read) and j = 0 flushes the total."""
+    rb: 0 = written, 1 = read) and j = 0 flushes the total. Partition j takes the program's units i = u - u0
+    with i = j mod 2, not a tile's 2nd, 4th, ...: so on an even ring each stage has one user, whose wait on the
+    stage's next phase cannot pass on the parity of the phase before it (the other's unit). Counting within the
+    tile swapped the users where a tile began at an odd i (stream-K) and hung (session 27)."""
     S: gl.constexpr = ready.type.shape[0]
     BN: gl.constexpr = 64 * W
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4 * W, 1], instr_shape=[16, MP, 16])
@@ -101,7 +132,7 @@ def _consumer(j: gl.constexpr, PP: gl.constexpr, w_bufs, s_bufs, x_bufs, ready, 
         a_beg = gl.maximum(u0, n * steps)
         a_end = gl.minimum(u1, (n + 1) * steps)
         acc = gl.zeros((BN, MP), gl.float32, MMA)
-        for u in range(a_beg + j, a_end, 1 + PP):
+        for u in range(a_beg + PP * ((a_beg - u0 + j) & 1), a_end, 1 + PP):  # PP: the units u - u0 = j mod 2
             i = u - u0
             st = i % S
             mbarrier.wait(ready.index(st), (i // S) & 1)
@@ -125,7 +156,7 @@ def _consumer(j: gl.constexpr, PP: gl.constexpr, w_bufs, s_bufs, x_bufs, ready, 
 
 
 @gluon.jit
-def _mid_gemm_kernel(x_desc, w_desc, s_desc, y_ptr, ws_ptr, cnt_ptr, alpha, ra_ptr, M, N, K, stride_ym,
+def _mid_gemm_kernel(x64, x32, x16, w_desc, s_desc, y_ptr, ws_ptr, cnt_ptr, alpha, ra_ptr, M, N, K, stride_ym,
                      S: gl.constexpr, MP: gl.constexpr, W: gl.constexpr, WL: gl.constexpr, SL: gl.constexpr,
                      NV: gl.constexpr, ROW_ALPHA: gl.constexpr, BYTES: gl.constexpr, PREGS: gl.constexpr,
                      PP: gl.constexpr, CREGS: gl.constexpr):
@@ -136,7 +167,7 @@ def _mid_gemm_kernel(x_desc, w_desc, s_desc, y_ptr, ws_ptr, cnt_ptr, alpha, ra_p
     u0 = p * U // P
     u1 = (p + 1) * U // P
     SW: gl.constexpr = 2 if NV else 1  # scale words per brick row
-    x_bufs = gl.allocate_shared_memory(gl.bfloat16, [2 * S, MP, 64], x_desc.layout)
+    x_bufs = gl.allocate_shared_memory(gl.bfloat16, [2 * S, MP, 64], x16.layout)  # every box's layout
     w_bufs = gl.allocate_shared_memory(gl.int32, [S, W, 64, 16], w_desc.layout)
     s_bufs = gl.allocate_shared_memory(gl.int32, [S, W, 64 * SW], s_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [S, 1], mbarrier.MBarrierLayout())
@@ -144,7 +175,7 @@ def _mid_gemm_kernel(x_desc, w_desc, s_desc, y_ptr, ws_ptr, cnt_ptr, alpha, ra_p
     for i in gl.static_range(S):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=1)
-    if PP:  # a stage's units alternate between the two consumers: S even, so its previous user was the same one
+    if PP:  # each consumer takes the units of its parity: S even, so a stage's previous user is the same one
         red = gl.allocate_shared_memory(gl.float32, [64, MP], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
         rb = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         mbarrier.init(rb.index(0), count=1)
@@ -154,20 +185,23 @@ def _mid_gemm_kernel(x_desc, w_desc, s_desc, y_ptr, ws_ptr, cnt_ptr, alpha, ra_p
                          ra_ptr, M, N, stride_ym, u0, u1, U, P, p, steps, MP, W, WL, SL, NV, ROW_ALPHA)),
             (_consumer, (1, True, w_bufs, s_bufs, x_bufs, ready, empty, red, rb, y_ptr, ws_ptr, cnt_ptr, alpha,
                          ra_ptr, M, N, stride_ym, u0, u1, U, P, p, steps, MP, W, WL, SL, NV, ROW_ALPHA)),
-            (_producer, (x_desc, w_desc, s_desc, x_bufs, w_bufs, s_bufs, ready, empty, u0, u1, steps, W, SW, BYTES)),
+            (_producer, (x64, x32, x16, w_desc, s_desc, x_bufs, w_bufs, s_bufs, ready, empty, u0, u1, steps, M,
+                          W, SW, BYTES)),
         ], [4, 1], [CREGS, PREGS])
     else:  # one consumer partition: `red` and `rb` are never touched, any buffers stand in for them
         gl.warp_specialize([
             (_consumer, (0, False, w_bufs, s_bufs, x_bufs, ready, empty, x_bufs, ready, y_ptr, ws_ptr, cnt_ptr,
                          alpha, ra_ptr, M, N, stride_ym, u0, u1, U, P, p, steps, MP, W, WL, SL, NV, ROW_ALPHA)),
-            (_producer, (x_desc, w_desc, s_desc, x_bufs, w_bufs, s_bufs, ready, empty, u0, u1, steps, W, SW, BYTES)),
+            (_producer, (x64, x32, x16, w_desc, s_desc, x_bufs, w_bufs, s_bufs, ready, empty, u0, u1, steps, M,
+                          W, SW, BYTES)),
         ], [1], [PREGS])
 
 
 @functools.cache
-def _x_layout(mp: int):
-    """x's (mp, 64) TMA box in shared memory (cached: building it costs ~7 us of Python a call)."""
-    return gl.NVMMASharedLayout.get_default_for([mp, 64], gl.bfloat16)
+def _x_layout():
+    """x's TMA boxes in shared memory, 64 bf16 (128 B) a row, 128-byte swizzle whatever the box's rows (cached:
+    building it costs ~7 us of Python a call)."""
+    return gl.NVMMASharedLayout.get_default_for([64, 64], gl.bfloat16)
 
 
 @functools.cache
@@ -183,16 +217,18 @@ def _layouts(W: int):
     return words, pairs
 
 
-def _pick(M: int, N: int, K: int, sms: int) -> tuple[int, int, int]:
-    """(warpgroups W, K split, stages): one program per SM at most (more was slower at every Llama-3-8B linear),
-    the K split the largest power of 2 that keeps it so. 64 rows a tile (W = 1) unless x is worth sharing: at up
-    to 64 tokens four warpgroups where N / 256 tiles still fill 3/4 of the SMs (8B gate_up: 41.8 us against
-    W = 2's 44.4 at 64 tokens) and two where K is long (8B down: 26.1 against 28.5); at 65-128 tokens, where
-    each warpgroup's wgmmas are the bound, two only where N / 128 tiles fill the SMs 1.5 times (gate_up 68.5
-    against 83.4). H200, session 25 (BENCHMARKS.md)."""
+def _pick(M: int, N: int, K: int, sms: int) -> tuple[int, int, int, bool]:
+    """(warpgroups W, K split, stages, ping-pong): one program per SM at most (more was slower at every Llama-3-8B
+    linear), the K split the largest power of 2 that keeps it so. x is shared by four warpgroups (256-row tiles)
+    at up to 64 tokens where N / 256 tiles still fill 3/4 of the SMs (8B gate_up: 41.8 us against W = 2's 44.4
+    at 64 tokens), by two at 65-128 tokens where N / 128 tiles fill the SMs 1.5 times (gate_up 66-70 us against
+    69-73 with ping-pong) and at up to 32 tokens where K is long (8B down). Everywhere else 64-row tiles whose
+    k steps two warpgroups take in turn (ping-pong; 4 stages): at 33-128 tokens 8B qkv 18.4-19.2 us against
+    21.1-22.0 with one warpgroup, down 33-34 against 38-40 (and 25.4 against W = 2's 26.5 at 48 tokens). H200,
+    sessions 25 and 27 (BENCHMARKS.md)."""
     if M <= 64 and N / 256 >= 0.75 * sms:
         W = 4
-    elif (M <= 64 and K >= 8192) or N / 128 >= 1.5 * sms:
+    elif (M <= 32 and K >= 8192) or (M > 64 and N / 128 >= 1.5 * sms):
         W = 2
     else:
         W = 1
@@ -200,7 +236,8 @@ def _pick(M: int, N: int, K: int, sms: int) -> tuple[int, int, int]:
     split = 1
     while tiles * split * 2 <= sms and split * 4 <= steps:
         split *= 2
-    return W, split, 3
+    pp = W == 1 and M > 32
+    return W, split, STAGES[pp], pp
 
 
 def serves(M: int, N: int, K: int, sms: int) -> bool:
@@ -231,14 +268,13 @@ def _weight_descriptors(tw: TcWeight, W: int):
 def mid_gemm(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tensor | None = None,
              warpgroups: int | None = None, split: int | None = None, stages: int | None = None,
              programs: int | None = None, mp: int | None = None, maxnreg: int | None = None,
-             pingpong: bool = False) -> torch.Tensor:
+             pingpong: bool | None = None) -> torch.Tensor:
     """y (M, N) = alpha * x W^T (times W's row_alpha) in bf16, x (M <= 128, K) bf16, W a `TcWeight`.
 
     `warpgroups` W: weight rows per tile / 64 (1, 2 or 4); `split`: K splits (P = tiles x split programs);
     `programs` overrides P (stream-K); `stages`: the ring's depth; `mp`: token tile (16-128, >= M); `pingpong`
     (W = 1, an even ring, 4 deep by default): two warpgroups take a tile's k steps in turn, one decoding while the
-    other's wgmmas run. Not the default yet: faster at 64 and 128 tokens, slower at 96 (BENCHMARKS.md, session
-    26)."""
+    other's wgmmas run. Left out, all of these are `_pick`'s (ping-pong only with `warpgroups` left out too)."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from .gemm import _sm_count
@@ -247,12 +283,12 @@ def mid_gemm(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tenso
     N, Kw = tw.shape
     if Kw != K or M > MAX_ROWS or K % CHUNK:
         raise MrgptqError(f"mid_gemm: needs a weight with x's K (x {K}, W {Kw}) and M <= {MAX_ROWS} rows (got {M})")
-    W0, split0, st0 = _pick(M, N, K, _sm_count(x.device))
+    W0, split0, _, pp0 = _pick(M, N, K, _sm_count(x.device))
     W = warpgroups or W0
     if W not in (1, 2, 4):
         raise MrgptqError(f"mid_gemm: warpgroups must be 1, 2 or 4 (got {W})")
-    pp = bool(pingpong)
-    stages = stages or (4 if pp else st0)
+    pp = pp0 if pingpong is None and warpgroups is None else bool(pingpong)
+    stages = stages or STAGES[pp]
     if pp and (W != 1 or stages % 2):
         raise MrgptqError(f"mid_gemm: ping-pong needs 64-row tiles and an even ring (got W={W}, stages={stages})")
     split = split or (split0 if warpgroups is None else 1)
@@ -270,12 +306,12 @@ def mid_gemm(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tenso
     y = out if out is not None else torch.empty((M, N), dtype=torch.bfloat16, device=x.device)
     nv = tw.spec.scale_dtype == "e4m3"
     sw = 2 if nv else 1
-    xd = TensorDescriptor.from_tensor(x, [mp, 64], _x_layout(mp))
+    xds = [TensorDescriptor.from_tensor(x, [rows, 64], _x_layout()) for rows in (64, 32, 16)]
     wd, sd = _weight_descriptors(tw, W)
     words, pairs = _layouts(W)
-    nbytes = 2 * mp * 64 * 2 + W * 4096 + W * 256 * sw
+    nbytes = W * 4096 + W * 256 * sw  # + x's boxes
     ra = tw.row_alpha
-    _mid_gemm_kernel[(P,)](xd, wd, sd, y, ws, cnt, alpha * 2.0 ** tw.shift, y if ra is None else ra, M, N, K,
+    _mid_gemm_kernel[(P,)](*xds, wd, sd, y, ws, cnt, alpha * 2.0 ** tw.shift, y if ra is None else ra, M, N, K,
                            y.stride(0), S=stages, MP=mp, W=W, WL=words, SL=pairs, NV=nv, ROW_ALPHA=ra is not None,
                            BYTES=nbytes, PREGS=24, PP=pp, CREGS=232, num_warps=4 * W, maxnreg=maxnreg,
                            **LAUNCH)

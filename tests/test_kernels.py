@@ -384,10 +384,10 @@ def test_shared_x_decode_gemm(fmt, M):
     taking turns): within bf16 rounding of the dequantized reference for the heuristic, forced K splits, ring
     depths and stream-K grids (programs ending inside tiles), on partial tiles (N = 100) and token tiles whose rows
     past M no box reaches (x's rows in 64/32/16-row boxes: M = 17, 40, 72, 100 take 32, 32+16, 64+16, 64+32+16)
-    and hold NaN left by a full tile run just before; every output written, the same bits twice; more rows than
-    one token tile are refused."""
+    and hold NaN left by a full tile run just before; every output written, the same bits twice; the pick's own
+    stream-K grid where 64-row tiles overflow the SMs; more rows than one token tile are refused."""
     from mrgptq.errors import MrgptqError
-    from mrgptq.kernels.midgemm import mid_gemm
+    from mrgptq.kernels.midgemm import _pick, mid_gemm
 
     for i, (N, K) in enumerate(TC_SHAPES):
         q, wp, ws, wdq = _weights(fmt, N, K, seed=80 + i)
@@ -409,27 +409,39 @@ def test_shared_x_decode_gemm(fmt, M):
         mid_gemm(student_t((129, K), seed=1).to(torch.bfloat16).to(DEV), tw)
     with pytest.raises(MrgptqError, match="even ring"):
         mid_gemm(x, tw, warpgroups=1, stages=3, pingpong=True)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    N, K = 64 * (sms + 3) - 28, 2560  # 3 tiles (the last partial) past the SMs: the pick's own stream-K grid
+    assert _pick(M, N, K, sms)[4] == sms
+    q, wp, ws, wdq = _weights(fmt, N, K, seed=90)
+    x = student_t((M, K), seed=M + 14).to(torch.bfloat16).to(DEV)
+    y = mid_gemm(x, tc_pack(wp, ws, q.spec), _alpha(q), out=poisoned((M, N), torch.bfloat16))
+    _close(y, x.float() @ wdq.T)
 
 
 def test_shared_x_pick_and_rows_served():
     """What QuantLinear hands the shared-x decode GEMM, and how it splits the work (pure arithmetic, so checked on
     CPU): 33-128 rows at any Llama shape, 17-32 only where x is shared (W > 1), never 1-16 or 129+, never a K
-    that is not a whole number of 128-wide steps; at most one program per SM, a power-of-2 K split that leaves each
-    program at least 2 steps, x shared only at up to 64 tokens or where 128-row tiles fill the SMs 1.5 times, and
-    two ping-pong warpgroups on an even ring wherever it is not shared above 32 tokens."""
+    that is not a whole number of 128-wide steps; a power-of-2 K split that leaves each program at least 2 steps
+    and one program per SM at most, x shared only at up to 64 tokens or where 128-row tiles fill the SMs 1.5
+    times, two ping-pong warpgroups on an even ring wherever it is not shared above 32 tokens, and one program per
+    SM sharing the k steps out (stream-K) exactly where the tiles overflow the SMs and the last wave would idle
+    SMs for longer than stream-K's fix-ups take."""
     import importlib.util
 
     if importlib.util.find_spec("triton.experimental.gluon") is None:
         pytest.skip("this Triton ships no Gluon")
-    from mrgptq.kernels.midgemm import _pick, serves
+    from mrgptq.kernels.midgemm import SK_FIXUP, _pick, serves
 
     shapes = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (10240, 8192), (57344, 8192), (100, 512)]
     for sms in (132, 114, 78):
         for N, K in shapes:
             for M in range(1, 160):
-                W, split, stages, pp = _pick(M, N, K, sms)
+                W, split, stages, pp, programs = _pick(M, N, K, sms)
                 tiles, steps = -(-N // (64 * W)), K // 128
                 assert W in (1, 2, 4) and stages >= 2 and split & (split - 1) == 0, (M, N, K, sms)
+                idle = (sms - tiles % sms) % sms if tiles > sms else 0  # empty slots in the last wave
+                assert programs == (sms if idle * steps > SK_FIXUP * sms else tiles * split), (M, N, K, sms)
+                assert programs <= max(tiles, sms) and (split == 1 or programs == tiles * split)
                 assert pp == (W == 1 and M > 32) and not (pp and stages % 2), (M, N, K, sms)
                 assert split == 1 or (tiles * split <= sms and split * 2 <= steps), (M, N, K, sms, split)
                 assert M <= 64 or W == 1 or N / 128 >= 1.5 * sms, (M, N, K, sms, W)
@@ -438,6 +450,8 @@ def test_shared_x_pick_and_rows_served():
                 assert not serves(M, N, K + 64, sms)
     assert _pick(64, 28672, 4096, 132)[0] == 4 and _pick(128, 28672, 4096, 132)[0] == 2  # 8B gate_up
     assert _pick(32, 4096, 14336, 132)[0] == 2 and _pick(64, 4096, 14336, 132)[3]  # 8B down
+    assert _pick(48, 10240, 8192, 132)[4] == 132 and _pick(96, 57344, 8192, 132)[4] == 132  # 70B qkv, gate_up
+    assert _pick(96, 28672, 4096, 132)[4] == 224  # 8B gate_up: a last wave too short to be worth stream-K
 
 
 @pytest.mark.skipif(not _ws_ok(), reason="the row-split decode GEMM needs a Hopper GPU and Triton's Gluon")

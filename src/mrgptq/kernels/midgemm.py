@@ -40,6 +40,7 @@ from .wsgemv import _flush, _stack4, decode_words
 
 MAX_ROWS = 128  # x rows one launch takes (one token tile)
 STAGES = {False: 3, True: 4}  # the ring's depth without and with ping-pong (which needs an even one)
+SK_FIXUP = 16  # k steps a stream-K program's partial tiles cost (write, wait, add), fitted on H200 (session 28)
 
 
 @gluon.jit
@@ -217,15 +218,19 @@ def _layouts(W: int):
     return words, pairs
 
 
-def _pick(M: int, N: int, K: int, sms: int) -> tuple[int, int, int, bool]:
-    """(warpgroups W, K split, stages, ping-pong): one program per SM at most (more was slower at every Llama-3-8B
-    linear), the K split the largest power of 2 that keeps it so. x is shared by four warpgroups (256-row tiles)
-    at up to 64 tokens where N / 256 tiles still fill 3/4 of the SMs (8B gate_up: 41.8 us against W = 2's 44.4
-    at 64 tokens), by two at 65-128 tokens where N / 128 tiles fill the SMs 1.5 times (gate_up 66-70 us against
-    69-73 with ping-pong) and at up to 32 tokens where K is long (8B down). Everywhere else 64-row tiles whose
-    k steps two warpgroups take in turn (ping-pong; 4 stages): at 33-128 tokens 8B qkv 18.4-19.2 us against
-    21.1-22.0 with one warpgroup, down 33-34 against 38-40 (and 25.4 against W = 2's 26.5 at 48 tokens). H200,
-    sessions 25 and 27 (BENCHMARKS.md)."""
+def _pick(M: int, N: int, K: int, sms: int) -> tuple[int, int, int, bool, int]:
+    """(warpgroups W, K split, stages, ping-pong, programs). x is shared by four warpgroups (256-row tiles) at up
+    to 64 tokens where N / 256 tiles still fill 3/4 of the SMs (8B gate_up: 41.8 us against W = 2's 44.4 at 64
+    tokens), by two at 65-128 tokens where N / 128 tiles fill the SMs 1.5 times (gate_up 66-70 us against 69-73
+    with ping-pong) and at up to 32 tokens where K is long (8B down). Everywhere else 64-row tiles whose k steps
+    two warpgroups take in turn (ping-pong; 4 stages): at 33-128 tokens 8B qkv 18.4-19.2 us against 21.1-22.0
+    with one warpgroup, down 33-34 against 38-40 (and 25.4 against W = 2's 26.5 at 48 tokens). The K split is the
+    largest power of 2 that keeps one program per SM at most (more was slower at every Llama-3-8B linear). Where
+    the tiles overflow the SMs, one program per SM shares their k steps out evenly (stream-K) if the SMs idle in
+    the last wave would sit out more than `SK_FIXUP` steps each on average, about what its partial tiles cost:
+    70B qkv (160 tiles, 64 steps) at 48-128 tokens 36.7-56.5 us against 47.8-62.0, gate_up (W = 2: 448) at
+    96-128 tokens 225-234 against 243-248, at 48-64 (W = 4: 224) 135-138 against 141-145, but 8B gate_up's 224
+    of 32 steps 70-71 against 68-70. H200, sessions 25, 27 and 28 (BENCHMARKS.md)."""
     if M <= 64 and N / 256 >= 0.75 * sms:
         W = 4
     elif (M <= 32 and K >= 8192) or (M > 64 and N / 128 >= 1.5 * sms):
@@ -237,7 +242,9 @@ def _pick(M: int, N: int, K: int, sms: int) -> tuple[int, int, int, bool]:
     while tiles * split * 2 <= sms and split * 4 <= steps:
         split *= 2
     pp = W == 1 and M > 32
-    return W, split, STAGES[pp], pp
+    idle = -tiles % sms if tiles > sms else 0  # program slots left empty in the last wave
+    programs = sms if idle * steps > SK_FIXUP * sms else tiles * split
+    return W, split, STAGES[pp], pp, programs
 
 
 def serves(M: int, N: int, K: int, sms: int) -> bool:
@@ -272,9 +279,10 @@ def mid_gemm(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tenso
     """y (M, N) = alpha * x W^T (times W's row_alpha) in bf16, x (M <= 128, K) bf16, W a `TcWeight`.
 
     `warpgroups` W: weight rows per tile / 64 (1, 2 or 4); `split`: K splits (P = tiles x split programs);
-    `programs` overrides P (stream-K); `stages`: the ring's depth; `mp`: token tile (16-128, >= M); `pingpong`
-    (W = 1, an even ring, 4 deep by default): two warpgroups take a tile's k steps in turn, one decoding while the
-    other's wgmmas run. Left out, all of these are `_pick`'s (ping-pong only with `warpgroups` left out too)."""
+    `programs` overrides P (stream-K; left out, `_pick`'s where W and the split are left out too); `stages`: the
+    ring's depth; `mp`: token tile (16-128, >= M); `pingpong` (W = 1, an even ring, 4 deep by default): two
+    warpgroups take a tile's k steps in turn, one decoding while the other's wgmmas run. Left out, all of these
+    are `_pick`'s (ping-pong only with `warpgroups` left out too)."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from .gemm import _sm_count
@@ -283,7 +291,7 @@ def mid_gemm(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tenso
     N, Kw = tw.shape
     if Kw != K or M > MAX_ROWS or K % CHUNK:
         raise MrgptqError(f"mid_gemm: needs a weight with x's K (x {K}, W {Kw}) and M <= {MAX_ROWS} rows (got {M})")
-    W0, split0, _, pp0 = _pick(M, N, K, _sm_count(x.device))
+    W0, split0, _, pp0, P0 = _pick(M, N, K, _sm_count(x.device))
     W = warpgroups or W0
     if W not in (1, 2, 4):
         raise MrgptqError(f"mid_gemm: warpgroups must be 1, 2 or 4 (got {W})")
@@ -291,12 +299,13 @@ def mid_gemm(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tenso
     stages = stages or STAGES[pp]
     if pp and (W != 1 or stages % 2):
         raise MrgptqError(f"mid_gemm: ping-pong needs 64-row tiles and an even ring (got W={W}, stages={stages})")
+    picked = warpgroups is None and split is None  # the pick's tiles and split: its grid too
     split = split or (split0 if warpgroups is None else 1)
     mp = mp or max(16, triton.next_power_of_2(M))
     if M > mp:
         raise MrgptqError(f"mid_gemm: M={M} rows do not fit a token tile of {mp}")
     tiles, steps = triton.cdiv(N, 64 * W), K // CHUNK
-    P = min(programs or tiles * split, tiles * steps)
+    P = min(programs or (P0 if picked else tiles * split), tiles * steps)
     ws, cnt = _workspace(x.device)
     if (P != tiles and 2 * P * 64 * W * mp > WS_FLOATS) or tiles > cnt.numel():  # P = tiles: no partial tiles
         raise MrgptqError(f"mid_gemm: workspace too small for {P} programs of {64 * W}x{mp} partial tiles")

@@ -423,7 +423,7 @@ def test_shared_x_pick_and_rows_served():
     CPU): 33-128 rows at any Llama shape, 17-32 only where x is shared (W > 1), never 1-16 or 129+, never a K
     that is not a whole number of 128-wide steps; a power-of-2 K split that leaves each program at least 2 steps
     and one program per SM at most, x shared only at up to 64 tokens or where 128-row tiles fill the SMs 1.5
-    times, two ping-pong warpgroups on an even ring wherever it is not shared above 32 tokens, and one program per
+    times (at up to 32 tokens on long K by four warpgroups only where each program keeps 32 steps), two ping-pong warpgroups on an even ring wherever it is not shared above 32 tokens, and one program per
     SM sharing the k steps out (stream-K) exactly where the tiles overflow the SMs and the last wave would idle
     SMs for longer than stream-K's fix-ups take."""
     import importlib.util
@@ -445,6 +445,7 @@ def test_shared_x_pick_and_rows_served():
                 assert pp == (W == 1 and M > 32) and not (pp and stages % 2), (M, N, K, sms)
                 assert split == 1 or (tiles * split <= sms and split * 2 <= steps), (M, N, K, sms, split)
                 assert M <= 64 or W == 1 or N / 128 >= 1.5 * sms, (M, N, K, sms, W)
+                assert not (M <= 32 and K >= 8192 and N / 256 < 0.75 * sms and W == 4) or steps // split >= 32
                 want = 32 < M <= 128 or (16 < M <= 32 and W > 1)
                 assert serves(M, N, K, sms) == want, (M, N, K, sms)
                 assert not serves(M, N, K + 64, sms)
@@ -452,6 +453,7 @@ def test_shared_x_pick_and_rows_served():
     assert _pick(32, 4096, 14336, 132)[0] == 2 and _pick(64, 4096, 14336, 132)[3]  # 8B down
     assert _pick(48, 10240, 8192, 132)[4] == 132 and _pick(96, 57344, 8192, 132)[4] == 132  # 70B qkv, gate_up
     assert _pick(96, 28672, 4096, 132)[4] == 224  # 8B gate_up: a last wave too short to be worth stream-K
+    assert _pick(24, 8192, 28672, 132)[:2] == (4, 4) and _pick(24, 8192, 8192, 132)[:2] == (2, 2)  # 70B down, o
 
 
 @pytest.mark.skipif(not _ws_ok(), reason="the row-split decode GEMM needs a Hopper GPU and Triton's Gluon")

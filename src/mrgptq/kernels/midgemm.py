@@ -218,29 +218,40 @@ def _layouts(W: int):
     return words, pairs
 
 
+def _split(tiles: int, steps: int, sms: int) -> int:
+    """The K split: the largest power of 2 that keeps one program per SM at most and 2+ k steps a program."""
+    split = 1
+    while tiles * split * 2 <= sms and split * 4 <= steps:
+        split *= 2
+    return split
+
+
 def _pick(M: int, N: int, K: int, sms: int) -> tuple[int, int, int, bool, int]:
     """(warpgroups W, K split, stages, ping-pong, programs). x is shared by four warpgroups (256-row tiles) at up
     to 64 tokens where N / 256 tiles still fill 3/4 of the SMs (8B gate_up: 41.8 us against W = 2's 44.4 at 64
     tokens), by two at 65-128 tokens where N / 128 tiles fill the SMs 1.5 times (gate_up 66-70 us against 69-73
-    with ping-pong) and at up to 32 tokens where K is long (8B down). Everywhere else 64-row tiles whose k steps
-    two warpgroups take in turn (ping-pong; 4 stages): at 33-128 tokens 8B qkv 18.4-19.2 us against 21.1-22.0
-    with one warpgroup, down 33-34 against 38-40 (and 25.4 against W = 2's 26.5 at 48 tokens). The K split is the
-    largest power of 2 that keeps one program per SM at most (more was slower at every Llama-3-8B linear). Where
-    the tiles overflow the SMs, one program per SM shares their k steps out evenly (stream-K) if the SMs idle in
-    the last wave would sit out more than `SK_FIXUP` steps each on average, about what its partial tiles cost:
-    70B qkv (160 tiles, 64 steps) at 48-128 tokens 36.7-56.5 us against 47.8-62.0, gate_up (W = 2: 448) at
-    96-128 tokens 225-234 against 243-248, at 48-64 (W = 4: 224) 135-138 against 141-145, but 8B gate_up's 224
-    of 32 steps 70-71 against 68-70. H200, sessions 25, 27 and 28 (BENCHMARKS.md)."""
+    with ping-pong), and at up to 32 tokens where K is long: by four where each program still has 32 k steps
+    (70B down at 17-32 tokens: 54.9-55.3 us against W = 2's 60.3-61.3, qkv 32.5-33.1 against 33.4-34.0), else by
+    two (8B down; 70B o, 16 steps with four: 22.6-23.0 against 21.8-22.0). Everywhere else 64-row tiles whose k
+    steps two warpgroups take in turn (ping-pong; 4 stages): at 33-128 tokens 8B qkv 18.4-19.2 us against
+    21.1-22.0 with one warpgroup, down 33-34 against 38-40 (and 25.4 against W = 2's 26.5 at 48 tokens). The K
+    split keeps one program per SM at most (more was slower at every Llama-3-8B linear). Where the tiles overflow
+    the SMs, one program per SM shares their k steps out evenly (stream-K) if the SMs idle in the last wave would
+    sit out more than `SK_FIXUP` steps each on average, about what its partial tiles cost: 70B qkv (160 tiles, 64
+    steps) at 48-128 tokens 36.7-56.5 us against 47.8-62.0, gate_up (W = 2: 448) at 96-128 tokens 225-234
+    against 243-248, at 48-64 (W = 4: 224) 135-138 against 141-145, but 8B gate_up's 224 of 32 steps 70-71
+    against 68-70. H200, sessions 25, 27 and 28 (BENCHMARKS.md)."""
+    steps = K // CHUNK
     if M <= 64 and N / 256 >= 0.75 * sms:
         W = 4
-    elif (M <= 32 and K >= 8192) or (M > 64 and N / 128 >= 1.5 * sms):
+    elif M <= 32 and K >= 8192:  # four where each program keeps 32 k steps or more
+        W = 4 if steps // _split(triton.cdiv(N, 256), steps, sms) >= 32 else 2
+    elif M > 64 and N / 128 >= 1.5 * sms:
         W = 2
     else:
         W = 1
-    tiles, steps = triton.cdiv(N, 64 * W), K // CHUNK
-    split = 1
-    while tiles * split * 2 <= sms and split * 4 <= steps:
-        split *= 2
+    tiles = triton.cdiv(N, 64 * W)
+    split = _split(tiles, steps, sms)
     pp = W == 1 and M > 32
     idle = -tiles % sms if tiles > sms else 0  # program slots left empty in the last wave
     programs = sms if idle * steps > SK_FIXUP * sms else tiles * split

@@ -423,9 +423,10 @@ def test_shared_x_pick_and_rows_served():
     CPU): 33-128 rows at any Llama shape, 17-32 only where x is shared (W > 1), never 1-16 or 129+, never a K
     that is not a whole number of 128-wide steps; a power-of-2 K split that leaves each program at least 2 steps
     and one program per SM at most, x shared only at up to 64 tokens or where 128-row tiles fill the SMs 1.5
-    times (at up to 32 tokens on long K by four warpgroups only where each program keeps 32 steps), two ping-pong warpgroups on an even ring wherever it is not shared above 32 tokens, and one program per
-    SM sharing the k steps out (stream-K) exactly where the tiles overflow the SMs and the last wave would idle
-    SMs for longer than stream-K's fix-ups take."""
+    times (at up to 32 tokens on long K, by four warpgroups only where each program keeps 32 steps), two
+    ping-pong warpgroups on an even ring wherever it is not shared above 32 tokens, and one program per SM
+    sharing the k steps out (stream-K) exactly where the tiles overflow the SMs and the last wave would idle SMs
+    for longer than stream-K's fix-ups take."""
     import importlib.util
 
     if importlib.util.find_spec("triton.experimental.gluon") is None:

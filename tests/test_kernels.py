@@ -462,10 +462,11 @@ def test_shared_x_pick_and_rows_served():
 @pytest.mark.parametrize("M", [1, 2, 3, 5, 9, 16])
 def test_row_split_decode_gemm(fmt, M):
     """16 weight rows a program, K split over its warps and summed in shared memory: within bf16 rounding of the
-    dequantized reference for ring depths 2-4 and 2, 4 or 8 warps (partial 64-row blocks, N = 100; 1-16 rows,
-    so copies of 1, 2, 4, 8 and 16 tokens, zero-filled past M, into 8- and 16-token tiles), every output written,
-    the same bits twice, and at 4 warps the same bits at every depth and with the loop's CTA barriers kept; what
-    it cannot take is refused. The loop's barriers were made warp barriers (warpbarrier.py)."""
+    dequantized reference for rings of 1-4 stages of one or two k chunks and 2, 4 or 8 warps (partial 64-row
+    blocks, N = 100; 1-16 rows, so copies of 1, 2, 4, 8 and 16 tokens, zero-filled past M, into 8- and 16-token
+    tiles), every output written, the same bits twice, and at 4 warps the same bits with every ring and with the
+    loop's CTA barriers kept; what it cannot take is refused. The loop's barriers were made warp barriers
+    (warpbarrier.py)."""
     from mrgptq.errors import MrgptqError
     from mrgptq.kernels.rowgemv import _row_gemv_kernel, fits, row_gemv
     from mrgptq.kernels.warpbarrier import MARKER
@@ -475,8 +476,9 @@ def test_row_split_decode_gemm(fmt, M):
         tw = tc_pack(wp, ws, q.spec)
         x = student_t((M, K), seed=M + 11).to(torch.bfloat16).to(DEV)
         ref = x.float() @ wdq.T
-        for kw in ({}, {"stages": 3}, {"stages": 4, "warps": 2}, {"stages": 2, "warps": 8}, {"warp_barriers": False}):
-            if K % (128 * kw.get("warps", 4)):
+        for kw in ({}, {"stages": 3}, {"stages": 4, "warps": 2}, {"stages": 2, "warps": 8}, {"warp_barriers": False},
+                   {"chunks": 2}, {"stages": 3, "chunks": 2}, {"stages": 1, "chunks": 2}):
+            if K % (128 * kw.get("warps", 4) * kw.get("chunks", 1)):
                 continue
             y = row_gemv(x, tw, _alpha(q), out=poisoned((M, N), torch.bfloat16), **kw)
             _close(y, ref)
@@ -494,6 +496,35 @@ def test_row_split_decode_gemm(fmt, M):
         row_gemv(student_t((17, K), seed=1).to(torch.bfloat16).to(DEV), tw)
     with pytest.raises(MrgptqError, match="a multiple of 1024"):  # K = 512 over 8 warps
         row_gemv(x, tw, warps=8)
+    with pytest.raises(MrgptqError, match="do not split into stages of 2"):  # K = 512: one chunk a warp
+        row_gemv(x, tw, chunks=2)
+
+
+def test_row_gemv_ring_keeps_the_chunks_in_flight():
+    """`rowgemv._ring` on every Llama-3 linear, token count and a few SM counts: session 19's k chunks in flight
+    (4 where a warp has over 16 chunks or few programs share an SM at up to 4 tokens, else 2), as 2 stages of 2
+    chunks where a warp's chunks split evenly and four are in flight, and where one token is copied (then 4 in
+    flight); a stage's chunks always divide a warp's range."""
+    import importlib.util
+
+    if importlib.util.find_spec("triton.experimental.gluon") is None:
+        pytest.skip("this Triton ships no Gluon")
+    from mrgptq.kernels.rowgemv import WARPS, _ring
+
+    shapes = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336), (10240, 8192), (8192, 8192),
+              (57344, 8192), (8192, 28672), (4096, 1536), (256, 512)]
+    for N, K in shapes:
+        per, programs = K // (128 * WARPS), -(-N // 64) * 4
+        for M in range(1, 17):
+            mc = 1 << (M - 1).bit_length()
+            for sms in (78, 114, 132):
+                stages, chunks = _ring(K, WARPS, programs, mc, sms)
+                deep = per > 16 or (mc <= 4 and programs <= 3 * sms)
+                two = per % 2 == 0 and (deep or mc == 1)
+                assert per % chunks == 0 and (chunks == 2) == two, (N, K, M, sms)
+                assert stages * chunks == (4 if deep or two else 2), (N, K, M, sms)
+    assert _ring(4096, 4, 256, 1, 132) == (2, 2) and _ring(4096, 4, 384, 16, 132) == (2, 1)  # 8B o; qkv at 16
+    assert _ring(1536, 4, 256, 1, 132) == (4, 1) and _ring(1536, 4, 1024, 1, 132) == (2, 1)  # 3 chunks a warp
 
 
 def _offsets(layout):
@@ -555,6 +586,19 @@ $L__BB0_2:
 \tbar.sync \t0;
 {late}"""
 
+ROTATED = """\tbar.sync \t0;
+\tbra.uni \t$L__BB0_2;
+$L__BB0_4:
+\tbar.sync \t0;
+{mark}
+\t@%p2 bra \t$L__BB0_5;
+$L__BB0_2:
+\t@%p1 bra \t$L__BB0_4;
+\tbar.sync \t0;
+\tbra.uni \t$L__BB0_4;
+$L__BB0_5:
+\tbar.sync \t0;"""
+
 
 def test_warp_barriers_rewrite_only_the_marked_loop():
     """warpbarrier.warp_barriers turns the CTA barriers of the innermost loop around the marker into warp barriers
@@ -569,6 +613,11 @@ def test_warp_barriers_rewrite_only_the_marked_loop():
     assert changed == [4, 6] and all(out[i] == "\tbar.warp.sync \t-1;" for i in changed)
     for ptx in (PTX.format(mark="", late=""), PTX.format(mark="", late=line), PTX.format(mark=line, late=line)):
         assert warp_barriers(ptx) == ptx
+    # a rotated loop with a conditional block (row_gemv's refill): LLVM places the header after the body, and
+    # the block's barrier sits between the first back edge and the last
+    out = warp_barriers(ROTATED.format(mark=line)).split("\n")
+    changed = [i for i, (a, b) in enumerate(zip(ROTATED.format(mark=line).split("\n"), out)) if a != b]
+    assert changed == [3, 8] and all(out[i] == "\tbar.warp.sync \t-1;" for i in changed)
 
 
 def test_warp_barrier_hook_chains_and_rewrites(monkeypatch):

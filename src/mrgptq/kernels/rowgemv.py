@@ -8,8 +8,10 @@ which costs each small Llama-3-8B linear 1.4-1.8 us on the H100 (BENCHMARKS.md, 
 the SMs (256 for N = 4096); each of a program's KW warps takes a contiguous quarter (KW = 4) of K, and the KW
 partial sums meet in shared memory inside the program: no workspace, no atomics, deterministic.
 
-Every warp streams its range through a ring of S stages with cp.async: 16-byte copies of its words and of x's
-8-wide k groups, one copy of its rows' scale word(s) (4 or 8 bytes); the decode is `tcgemv`'s PTX
+Every warp streams its range through a ring of S stages of CPS k chunks with cp.async: 16-byte copies of its
+words and of x's 8-wide k groups, one copy of its rows' scale word(s) (4 or 8 bytes). The loop's copies carry no
+predicates (the stage it refills is checked once; past the range it commits an empty group), and two chunks a
+stage halve the copies' address work, the wait and the barrier per chunk (`_ring`). The decode is `tcgemv`'s PTX
 (`wsgemv.decode_words`). Only x's M real tokens are copied (M rounded up to a power of 2), into a layout with
 no bank conflicts (`_x_view`): copying all 8 tokens of the MMA tile at M = 1, as session 17 did, cost 8B gate_up
 24.5 against 23.2 us and down 15.4 against 14.3 (MXFP4, H200, session 18). A stage's x buffer holds only those
@@ -46,14 +48,29 @@ SMALL_WEIGHTS, MID_WEIGHTS, MAX_N, MAX_K = 1 << 25, 1 << 28, 16384, 8192
 
 
 @gluon.jit
-def _issue(w_ptr, s_ptr, x_ptr, w_s, s_s, x_s, st, step, per, w_off, s_off, x_off, x_mask, SW: gl.constexpr,
-           KW: gl.constexpr, MC: gl.constexpr, XW: gl.constexpr):
-    """Step `step` of every warp's range into stage st, one cp.async group (nothing past the range is read)."""
-    live = step < per
-    async_load(w_s.index(st), w_ptr + step * 1024 + w_off, mask=(w_off >= 0) & live)
-    async_load(s_s.index(st), s_ptr + step * (64 * SW) + s_off, mask=(s_off >= 0) & live)
-    async_load(reinterpret(x_s.index(st), gl.bfloat16, [KW, 16, MC, 8], XW), x_ptr + step * 128 + x_off,
-               mask=x_mask & live)
+def _issue(w_ptr, s_ptr, x_ptr, w_s, s_s, x_s, st, step, nst, w_off, s_off, x_off, x_mask, SW: gl.constexpr,
+           KW: gl.constexpr, MC: gl.constexpr, XW: gl.constexpr, CPS: gl.constexpr, PRED: gl.constexpr,
+           XM: gl.constexpr):
+    """Stage `step` (CPS k chunks) of every warp's range into ring slot st, one cp.async group. PRED: each copy
+    predicated on step < nst (the prologue, where a short range may end first); else the caller has checked it,
+    so the loop's copies carry no predicates, and x's none either where all of the MC copied tokens are real
+    (XM False)."""
+    for c in gl.static_range(CPS):
+        ch = step * CPS + c
+        b = st * CPS + c
+        xv = reinterpret(x_s.index(b), gl.bfloat16, [KW, 16, MC, 8], XW)
+        if PRED:
+            live = step < nst
+            async_load(w_s.index(b), w_ptr + ch * 1024 + w_off, mask=(w_off >= 0) & live)
+            async_load(s_s.index(b), s_ptr + ch * (64 * SW) + s_off, mask=(s_off >= 0) & live)
+            async_load(xv, x_ptr + ch * 128 + x_off, mask=x_mask & live)
+        else:
+            async_load(w_s.index(b), w_ptr + ch * 1024 + w_off)
+            async_load(s_s.index(b), s_ptr + ch * (64 * SW) + s_off)
+            if XM:
+                async_load(xv, x_ptr + ch * 128 + x_off, mask=x_mask)
+            else:
+                async_load(xv, x_ptr + ch * 128 + x_off)
     async_copy.commit_group()
 
 
@@ -61,9 +78,10 @@ def _issue(w_ptr, s_ptr, x_ptr, w_s, s_s, x_s, st, step, per, w_off, s_off, x_of
 def _row_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, alpha, ra_ptr, M, N, K, stride_xm, stride_ym,
                      S: gl.constexpr, MP: gl.constexpr, KW: gl.constexpr, NV: gl.constexpr,
                      ROW_ALPHA: gl.constexpr, WL: gl.constexpr, MC: gl.constexpr, XV: gl.constexpr,
-                     XW: gl.constexpr, XS: gl.constexpr, WB: gl.constexpr):
+                     XW: gl.constexpr, XS: gl.constexpr, WB: gl.constexpr, CPS: gl.constexpr,
+                     XM: gl.constexpr):
     """Program p: rows 16 p .. 16 p + 15 (brick row block p // 4, its rows 16 (p % 4) + i); warp w: k chunks
-    [w per, (w + 1) per) of them, per = K / (128 KW)."""
+    [w per, (w + 1) per) of them, per = K / (128 KW), CPS chunks a ring stage."""
     pid = gl.program_id(0)
     nb = pid // 4  # brick row block
     j = pid % 4  # this program's 16 rows of it
@@ -103,41 +121,48 @@ def _row_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, alpha, ra_ptr, M, N, K, stride_
              + (xn * stride_xm)[None, None, :, None] + xe[None, None, None, :])
     x_mask = (xn < M)[None, None, :, None] & (x_off >= 0)  # (full shape)
 
-    w_s = gl.allocate_shared_memory(gl.int32, [S, KW, 16, 4, 4], gl.SwizzledSharedLayout(1, 1, 1, [3, 2, 1, 0]))
-    s_s = gl.allocate_shared_memory(gl.int32, [S, KW, 16, 4, SW], gl.SwizzledSharedLayout(1, 1, 1, [3, 2, 1, 0]))
+    w_s = gl.allocate_shared_memory(gl.int32, [S * CPS, KW, 16, 4, 4], gl.SwizzledSharedLayout(1, 1, 1, [3, 2, 1, 0]))
+    s_s = gl.allocate_shared_memory(gl.int32, [S * CPS, KW, 16, 4, SW], gl.SwizzledSharedLayout(1, 1, 1, [3, 2, 1, 0]))
     # S stages of XS tokens (MC, or MP where views may not outgrow their source), and room for the last
     # stage's reads of the MMA tile's tokens past XS
-    x_s = gl.allocate_shared_memory(gl.bfloat16, [S + MP // XS - 1, KW, 16, XS, 8],
+    x_s = gl.allocate_shared_memory(gl.bfloat16, [S * CPS + MP // XS - 1, KW, 16, XS, 8],
                                     gl.SwizzledSharedLayout(1, 1, 1, [3, 2, 1, 0]))
+    nst = per // CPS
     for pre in gl.static_range(S - 1):
-        _issue(w_ptr, s_ptr, x_ptr, w_s, s_s, x_s, pre, pre, per, w_off, s_off, x_off, x_mask, SW, KW, MC, XW)
+        _issue(w_ptr, s_ptr, x_ptr, w_s, s_s, x_s, pre, pre, nst, w_off, s_off, x_off, x_mask, SW, KW, MC, XW, CPS,
+               True, XM)
     v = wv[None, None, None, :]
     acc = gl.zeros((KW, 16, MP), gl.float32, MMA)
     # Gluon's barrier pass adds a CTA barrier after each wait and before each refill; each warp copies and reads
     # only its own slice of a stage (dimension 0 of every buffer and layout), so with WB they are warp barriers
-    for step in range(per):
-        _issue(w_ptr, s_ptr, x_ptr, w_s, s_s, x_s, (step + S - 1) % S, step + S - 1, per, w_off, s_off, x_off,
-               x_mask, SW, KW, MC, XW)
+    for step in range(nst):
+        nxt = step + S - 1
+        if nxt < nst:
+            _issue(w_ptr, s_ptr, x_ptr, w_s, s_s, x_s, nxt % S, nxt, nst, w_off, s_off, x_off, x_mask, SW, KW, MC,
+                   XW, CPS, False, XM)
+        else:  # an empty group, so that the wait below still leaves the S - 1 newest in flight
+            async_copy.commit_group()
         async_copy.wait_group(S - 1)
         if WB:
             mark(step)
-        cur = step % S
-        w = w_s.index(cur).load(WL)
-        sv = s_s.index(cur).load(SC)
-        if NV:
-            s0, s1 = gl.split(sv)
-            s0 = gl.convert_layout(s0, SL)[:, :, :, None]
-            s1 = gl.convert_layout(s1, SL)[:, :, :, None]
-        else:
-            s0 = gl.convert_layout(gl.reshape(sv, [KW, 16, 4]), SL)[:, :, :, None]
-            s1 = s0
-        o0, o1, o2, o3, o4, o5, o6, o7 = decode_words(w, s0, s1, v, NV)
-        a = gl.join(_stack4(o0, o2, o4, o6), _stack4(o1, o3, o5, o7))  # (KW, 16, t, v, m, b)
-        a = gl.reshape(a, (KW, 16, 4, 4, 4, 2))
-        a = gl.permute(a, (0, 1, 3, 4, 2, 5))  # k = 32 v + 8 m + 2 t + b
-        a = gl.convert_layout(gl.reshape(a, (KW, 16, 128)), AL, assert_trivial=True)
-        xb = reinterpret(x_s.index(cur), gl.bfloat16, [KW, 128, MP], XV).load(BL)
-        acc = mma_v2(a, xb, acc)
+        for c in gl.static_range(CPS):
+            cur = (step % S) * CPS + c
+            w = w_s.index(cur).load(WL)
+            sv = s_s.index(cur).load(SC)
+            if NV:
+                s0, s1 = gl.split(sv)
+                s0 = gl.convert_layout(s0, SL)[:, :, :, None]
+                s1 = gl.convert_layout(s1, SL)[:, :, :, None]
+            else:
+                s0 = gl.convert_layout(gl.reshape(sv, [KW, 16, 4]), SL)[:, :, :, None]
+                s1 = s0
+            o0, o1, o2, o3, o4, o5, o6, o7 = decode_words(w, s0, s1, v, NV)
+            a = gl.join(_stack4(o0, o2, o4, o6), _stack4(o1, o3, o5, o7))  # (KW, 16, t, v, m, b)
+            a = gl.reshape(a, (KW, 16, 4, 4, 4, 2))
+            a = gl.permute(a, (0, 1, 3, 4, 2, 5))  # k = 32 v + 8 m + 2 t + b
+            a = gl.convert_layout(gl.reshape(a, (KW, 16, 128)), AL, assert_trivial=True)
+            xb = reinterpret(x_s.index(cur), gl.bfloat16, [KW, 128, MP], XV).load(BL)
+            acc = mma_v2(a, xb, acc)
     async_copy.wait_group(0)
     tot = gl.sum(acc, axis=0)  # (16, MP): the warps' K ranges
     OL: gl.constexpr = gl.SliceLayout(0, MMA)
@@ -196,17 +221,27 @@ def fits(tw: TcWeight, rows: int) -> bool:
             or (rows <= 8 and N <= MAX_N and K <= MAX_K))
 
 
-def _stages(K: int, warps: int, programs: int, mc: int, sms: int) -> int:
-    """Ring depth: 4 where a warp has more than 16 k chunks (H200: 8B down 14.4 us against 17.0 at 2), or where
-    at most 4 tokens are copied and there are at most 3 programs an SM, so that the deeper ring costs no
-    residency (8B o at one row 6.2 against 6.6 us, qkv 7.5 against 7.7); else 2 (8B gate_up's 1792 programs:
-    23.3 against 24.6 us at 4; at 16 tokens 8B qkv 9.8 against 14.1). BENCHMARKS.md, session 19."""
-    return 4 if K // (CHUNK * warps) > 16 or (mc <= 4 and programs <= 3 * sms) else 2
+def _ring(K: int, warps: int, programs: int, mc: int, sms: int) -> tuple[int, int]:
+    """(stages, k chunks a stage). Chunks in flight: 4 where a warp has more than 16 k chunks (H200: 8B down 14.4
+    us against 17.0 at 2), or where at most 4 tokens are copied and there are at most 3 programs an SM, so that
+    the deeper ring costs no residency (8B o at one row 6.2 against 6.6 us, qkv 7.5 against 7.7); else 2 (8B
+    gate_up's 1792 programs: 23.3 against 24.6 us at 4; at 16 tokens 8B qkv 9.8 against 14.1). BENCHMARKS.md,
+    session 19. Four go as 2 stages of 2 chunks: a stage's copies, wait and barrier then serve two chunks,
+    which took 12% of the loop's instructions off each and was as fast or faster at every Llama-3 linear, one
+    row (70B down 43.2 -> 41.2 us, 8B down NVFP4 14.6 -> 13.8); so does one row's 2, where 4 chunks in 2 stages
+    cost as little residency (70B gate_up 74.6 -> 73.2 us). Session 29."""
+    per = K // (CHUNK * warps)
+    deep = per > 16 or (mc <= 4 and programs <= 3 * sms)
+    if per % 2 == 0 and (deep or mc == 1):
+        return 2, 2
+    return (4 if deep else 2), 1
 
 
 def row_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tensor | None = None,
-             stages: int | None = None, warps: int = WARPS, warp_barriers: bool = True) -> torch.Tensor:
-    """y (M, N) = alpha * x W^T (times W's row_alpha) in bf16, x (M <= 16, K) bf16, W a `TcWeight`;
+             stages: int | None = None, warps: int = WARPS, warp_barriers: bool = True,
+             chunks: int | None = None) -> torch.Tensor:
+    """y (M, N) = alpha * x W^T (times W's row_alpha) in bf16, x (M <= 16, K) bf16, W a `TcWeight`. The ring is
+    `_ring`'s unless `stages` or `chunks` (k chunks a stage) is given (then 2 stages, 1 chunk for the other);
     `warp_barriers=False` keeps the loop's CTA barriers (`warpbarrier.py`; for A/B runs)."""
     M, K = x.shape
     N, Kw = tw.shape
@@ -219,7 +254,11 @@ def row_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tenso
     mp = 8 if M <= 8 else 16  # tokens in the MMA tile
     mc = triton.next_power_of_2(M)  # tokens copied a step
     programs = triton.cdiv(N, 64) * 4
-    stages = stages or _stages(K, warps, programs, mc, _sm_count(x.device))
+    if stages is None and chunks is None:
+        stages, chunks = _ring(K, warps, programs, mc, _sm_count(x.device))
+    stages, chunks = stages or 2, chunks or 1
+    if (K // (CHUNK * warps)) % chunks:
+        raise MrgptqError(f"row_gemv: a warp's {K // (CHUNK * warps)} k chunks do not split into stages of {chunks}")
     if warp_barriers:
         _warp_barriers()
     _row_gemv_kernel[(programs,)](
@@ -227,6 +266,6 @@ def row_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tenso
         x.stride(0), y.stride(0), S=stages, MP=mp, KW=warps,
         NV=tw.spec.scale_dtype == "e4m3", ROW_ALPHA=ra is not None, WL=_words_layout(warps),
         MC=mc, XV=_x_view(warps, mp), XW=_x_copy_view(warps, mc), XS=mc if OUTGROWING_VIEWS else mp,
-        WB=warp_barriers, num_warps=warps, **LAUNCH)
+        WB=warp_barriers, CPS=chunks, XM=M != mc, num_warps=warps, **LAUNCH)
     return y
 

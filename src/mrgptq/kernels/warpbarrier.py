@@ -22,7 +22,7 @@ from triton.experimental.gluon import language as gl
 
 MARKER = "mrgptq:warp-barriers"
 _MARK_ASM = gl.constexpr("mov.b32 $0, $1; // " + MARKER)
-_KEY = "mrgptq-warp-barriers-1"  # in the compile cache key where Triton asks for one (3.7 and later)
+_KEY = "mrgptq-warp-barriers-2"  # in the compile cache key where Triton asks for one (3.7 and later)
 
 
 @gluon.jit
@@ -32,14 +32,15 @@ def mark(step):
 
 
 def _loops(lines: list[str]) -> list[tuple[int, int]]:
-    """(first, last) line of each loop: a label and a later branch back to it."""
+    """(first, last) line of each loop: a label and the last branch back to it. LLVM may place a loop's header
+    after its body (a rotated loop with a conditional block), so the body ends at the furthest back edge."""
     labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"(\$L__\w+):", line))}
-    loops = []
+    last: dict[int, int] = {}
     for i, line in enumerate(lines):
         m = re.search(r"\bbra(?:\.uni)?\s+(\$L__\w+);", line)
         if m and labels.get(m.group(1), i) < i:
-            loops.append((labels[m.group(1)], i))
-    return loops
+            last[labels[m.group(1)]] = i
+    return sorted(last.items())
 
 
 def warp_barriers(ptx: str) -> str:

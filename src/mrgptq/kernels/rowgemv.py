@@ -58,19 +58,17 @@ def _issue(w_ptr, s_ptr, x_ptr, w_s, s_s, x_s, st, step, nst, w_off, s_off, x_of
     for c in gl.static_range(CPS):
         ch = step * CPS + c
         b = st * CPS + c
-        xv = reinterpret(x_s.index(b), gl.bfloat16, [KW, 16, MC, 8], XW)
+        wm = None
+        sm = None
+        xm = x_mask if XM else None
         if PRED:
             live = step < nst
-            async_load(w_s.index(b), w_ptr + ch * 1024 + w_off, mask=(w_off >= 0) & live)
-            async_load(s_s.index(b), s_ptr + ch * (64 * SW) + s_off, mask=(s_off >= 0) & live)
-            async_load(xv, x_ptr + ch * 128 + x_off, mask=x_mask & live)
-        else:
-            async_load(w_s.index(b), w_ptr + ch * 1024 + w_off)
-            async_load(s_s.index(b), s_ptr + ch * (64 * SW) + s_off)
-            if XM:
-                async_load(xv, x_ptr + ch * 128 + x_off, mask=x_mask)
-            else:
-                async_load(xv, x_ptr + ch * 128 + x_off)
+            wm = (w_off >= 0) & live
+            sm = (s_off >= 0) & live
+            xm = x_mask & live
+        async_load(w_s.index(b), w_ptr + ch * 1024 + w_off, mask=wm)
+        async_load(s_s.index(b), s_ptr + ch * (64 * SW) + s_off, mask=sm)
+        async_load(reinterpret(x_s.index(b), gl.bfloat16, [KW, 16, MC, 8], XW), x_ptr + ch * 128 + x_off, mask=xm)
     async_copy.commit_group()
 
 

@@ -141,6 +141,8 @@ def _signature(fn, args: tuple, kwargs: dict):
     """Triton's (signature, constexprs, attributes, options) for one captured launch: pointers 16-byte aligned
     and integers that are multiples of 16 marked so, as a launch specializes them (cp.async needs the
     alignment to copy 16 bytes)."""
+    from triton.runtime.jit import mangle_type
+
     vals = dict(zip(fn.arg_names, args))
     vals.update({k: v for k, v in kwargs.items() if k not in _OPTIONS})
     sig, const, attrs = {}, {}, {}
@@ -153,8 +155,8 @@ def _signature(fn, args: tuple, kwargs: dict):
             isinstance(v, int) and not isinstance(v, bool) and v % 16 == 0)
         if aligned and not p.do_not_specialize:
             attrs[(p.num,)] = [["tt.divisibility", 16]]
-        if hasattr(v, "__mangle__"):  # a TMA descriptor: its block, dtype and shared layout
-            sig[p.name] = v.__mangle__()
+        if hasattr(v, "block_shape") and hasattr(v, "layout"):  # a TMA descriptor: block, dtype, shared layout
+            sig[p.name] = mangle_type(v)  # as the launch spells it (Triton 3.6 descriptors have no __mangle__)
         elif isinstance(v, torch.Tensor):
             sig[p.name] = "*" + _TYPES[v.dtype]
         elif isinstance(v, bool):

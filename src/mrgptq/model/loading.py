@@ -64,6 +64,8 @@ def load_tokenizer(model: str | None = None, gguf: str | None = None):
     src, gf = resolve(model, gguf)
     try:
         return AutoTokenizer.from_pretrained(src, gguf_file=gf) if gf else AutoTokenizer.from_pretrained(src)
+    except ImportError as e:  # a reader package (gguf, sentencepiece) is missing: its message names the fix
+        raise ModelLoadError(f"cannot load the tokenizer of {model or src}: {first_line(e)}") from None
     except Exception as e:  # noqa: BLE001 tokenizers and its backends raise many types for a damaged or missing file
         raise ModelLoadError(f"cannot load the tokenizer of {model or src}: {first_line(e)}; "
                              "check that the model directory holds tokenizer files") from None
@@ -85,7 +87,8 @@ def load_model(model: str | None = None, gguf: str | None = None, dtype: torch.d
     try:
         m = AutoModelForCausalLM.from_pretrained(src, gguf_file=gf, **kw) if gf else \
             AutoModelForCausalLM.from_pretrained(src, use_safetensors=True, **kw)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # damaged config/weights: many types
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError) as e:  # damaged files, a
+        # missing reader package (its message names it): many types
         raise ModelLoadError(f"cannot load model {model or src}: {first_line(e)}") from None
     m.eval()
     return m

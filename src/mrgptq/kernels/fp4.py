@@ -209,3 +209,17 @@ def mx_exponent(amax, RULE: tl.constexpr):
     if RULE == 2:  # rounded: amax rounded to E2M1 precision first
         e0 = e0 + (amax >= 7.0 * pow2(tl.maximum(e0, -127))).to(tl.int32)
     return tl.minimum(tl.maximum(e0, -127), 127)
+
+
+@triton.jit
+def split8(v):
+    """(..., 4, 2) -> its 8 values in coordinate order 2j + c (the 8 codes of a packed int32 word, low nibble first)."""
+    v = tl.reshape(v, v.shape[:-2] + (2, 2, 2))
+    ev, od = tl.split(v)
+    v00, v01 = tl.split(ev)
+    v10, v11 = tl.split(od)
+    v0, v4 = tl.split(v00)
+    v2, v6 = tl.split(v01)
+    v1, v5 = tl.split(v10)
+    v3, v7 = tl.split(v11)
+    return v0, v1, v2, v3, v4, v5, v6, v7

@@ -22,7 +22,7 @@ import triton.language as tl
 from ..errors import MrgptqError
 from ..formats import FormatSpec
 from . import LAUNCH
-from .fp4 import INTERPRET, e2m1_decode, e4m3_value, pow2, store_rounded
+from .fp4 import INTERPRET, e2m1_decode, e4m3_value, pow2, split8, store_rounded
 from .gemm import _bytes, split_k_result, split_k_target
 
 # $0..$7: float32 values of the 8 codes of word $8. Tables: byte 3 of the float32 of |v| for magnitude
@@ -69,19 +69,6 @@ def e2m1x8(w, LUT: tl.constexpr):
 
 
 @triton.jit
-def _split8(x8):
-    """(R, 8) -> its 8 columns, in order."""
-    a, b = tl.split(tl.reshape(x8, (x8.shape[0], 4, 2)))  # even / odd columns
-    a0, a1 = tl.split(tl.reshape(a, (x8.shape[0], 2, 2)))  # columns 0 4 / 2 6
-    b0, b1 = tl.split(tl.reshape(b, (x8.shape[0], 2, 2)))  # columns 1 5 / 3 7
-    c0, c4 = tl.split(a0)
-    c2, c6 = tl.split(a1)
-    c1, c5 = tl.split(b0)
-    c3, c7 = tl.split(b1)
-    return c0, c1, c2, c3, c4, c5, c6, c7
-
-
-@triton.jit
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, alpha, N, K, stride_xm, stride_ym,
                  G: tl.constexpr, BN: tl.constexpr, BW: tl.constexpr, SPLIT_K: tl.constexpr, NV: tl.constexpr,
                  LUT: tl.constexpr):
@@ -106,7 +93,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, alpha, N, K, stride_xm, stride_ym,
     for t in range(t0, t1):
         w = tl.load(w_rows + (t * BW + wi)[None, :], mask=nmask[:, None], other=0)
         x8 = tl.load(x_row + (t * BW + wi)[:, None] * 8 + tl.arange(0, 8)[None, :]).to(tl.float32)
-        x0, x1, x2, x3, x4, x5, x6, x7 = _split8(x8)
+        x0, x1, x2, x3, x4, x5, x6, x7 = split8(tl.reshape(x8, (x8.shape[0], 4, 2)))
         v0, v1, v2, v3, v4, v5, v6, v7 = e2m1x8(w, LUT)
         p = v0 * x0[None, :] + v1 * x1[None, :] + v2 * x2[None, :] + v3 * x3[None, :] \
             + v4 * x4[None, :] + v5 * x5[None, :] + v6 * x6[None, :] + v7 * x7[None, :]

@@ -26,6 +26,7 @@ from .fp4 import (
     pow2,
     ptx_arch,
     rcp_rn,
+    split8,
     store_rounded,
 )
 
@@ -99,7 +100,7 @@ def _encode_runs(y, gs, rcp_gs, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, NV
         yg = tl.join(lo, hi)  # the runtime rotates into bf16
         stored, eff, d, rcp_d = _nv_scales(_abs_max3(yg), gs, rcp_gs, False, ARCH)
         v = div_rn_by(yg, d[:, :, None, None, None], rcp_d[:, :, None, None, None], False)
-        v0, v1, v2, v3, v4, v5, v6, v7 = _eight(tl.reshape(v, (BLOCK_M, CN, 4, 4, 2)))
+        v0, v1, v2, v3, v4, v5, v6, v7 = split8(tl.reshape(v, (BLOCK_M, CN, 4, 4, 2)))
         PTX: tl.constexpr = _PTX_NV8 if ARCH >= 90 else _PTX_NV8_SM80
         words = tl.inline_asm_elementwise(PTX, "=r,r,r,r,r,r,r,r,r", [v0, v1, v2, v3, v4, v5, v6, v7],
                                           dtype=tl.int32, is_pure=True, pack=1)
@@ -109,7 +110,7 @@ def _encode_runs(y, gs, rcp_gs, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, NV
         e = mx_exponent(amax, RULE)
         stored = (e + 127).to(tl.uint8)
         inv = _per_word(((127 - e) << 7) * 0x00010001, yg, y)  # 2^-e as bf16x2
-        v0, v1, v2, v3, v4, v5, v6, v7 = _eight(y)
+        v0, v1, v2, v3, v4, v5, v6, v7 = split8(y)
         words = tl.inline_asm_elementwise(_PTX_MX8, "=r,r,r,r,r,r,r,r,r,r", [v0, v1, v2, v3, v4, v5, v6, v7, inv],
                                           dtype=tl.int32, is_pure=True, pack=1)
     return tl.reshape(words, (BLOCK_M, BLOCK_K // 8)), stored
@@ -117,10 +118,10 @@ def _encode_runs(y, gs, rcp_gs, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, NV
 
 @triton.jit
 def _per_word(per_group, yg, y):
-    """A group's value (row, group) in the layout of the words `_eight(y)` makes: broadcast the way yg is laid
+    """A group's value (row, group) in the layout of the words `split8(y)` makes: broadcast the way yg is laid
     out and taken apart as y is (Gluon converts no layouts implicitly; in Triton this is free as well)."""
     full = tl.reshape(tl.broadcast_to(per_group[:, :, None, None, None], yg.shape), y.shape)
-    return _eight(full)[0]
+    return split8(full)[0]
 
 
 @triton.jit
@@ -137,20 +138,6 @@ def _runs(x, h, gs, rcp_gs, packed_ptr, scale_ptr, rows, rmask, kt, K, B: tl.con
     scols = kt * (BLOCK_K // G) + tl.arange(0, BLOCK_K // G)
     tl.store(scale_ptr + rows[:, None] * (K // G) + scols[None, :], stored.to(scale_ptr.dtype.element_ty,
              bitcast=True), mask=rmask[:, None])
-
-
-@triton.jit
-def _eight(v):
-    """(..., 4, 2) -> its 8 values in coordinate order 2j + c."""
-    v = tl.reshape(v, v.shape[:-2] + (2, 2, 2))
-    ev, od = tl.split(v)
-    v00, v01 = tl.split(ev)
-    v10, v11 = tl.split(od)
-    v0, v4 = tl.split(v00)
-    v2, v6 = tl.split(v01)
-    v1, v5 = tl.split(v10)
-    v3, v7 = tl.split(v11)
-    return v0, v1, v2, v3, v4, v5, v6, v7
 
 
 @triton.jit

@@ -309,7 +309,6 @@ def test_api_bad_input(case, tmp_path, monkeypatch):
         assert _listing(tmp_path) == before  # refused before anything was written
 
 
-
 @pytest.mark.parametrize("part", ["tokenizer", "model"])
 def test_gguf_without_its_reader_names_the_package(part, monkeypatch):
     """A GGUF model with the gguf package unimportable fails in one line that names gguf (the fix), not with a

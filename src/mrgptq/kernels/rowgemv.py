@@ -55,17 +55,17 @@ def _issue(w_ptr, s_ptr, x_ptr, w_s, s_s, x_s, st, step, nst, w_off, s_off, x_of
     predicated on step < nst (the prologue, where a short range may end first); else the caller has checked it,
     so the loop's copies carry no predicates, and x's none either where all of the MC copied tokens are real
     (XM False)."""
+    wm = None
+    sm = None
+    xm = x_mask if XM else None
+    if PRED:
+        live = step < nst
+        wm = (w_off >= 0) & live
+        sm = (s_off >= 0) & live
+        xm = x_mask & live
     for c in gl.static_range(CPS):
         ch = step * CPS + c
         b = st * CPS + c
-        wm = None
-        sm = None
-        xm = x_mask if XM else None
-        if PRED:
-            live = step < nst
-            wm = (w_off >= 0) & live
-            sm = (s_off >= 0) & live
-            xm = x_mask & live
         async_load(w_s.index(b), w_ptr + ch * 1024 + w_off, mask=wm)
         async_load(s_s.index(b), s_ptr + ch * (64 * SW) + s_off, mask=sm)
         async_load(reinterpret(x_s.index(b), gl.bfloat16, [KW, 16, MC, 8], XW), x_ptr + ch * 128 + x_off, mask=xm)

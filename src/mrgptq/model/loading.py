@@ -87,8 +87,8 @@ def load_model(model: str | None = None, gguf: str | None = None, dtype: torch.d
     try:
         m = AutoModelForCausalLM.from_pretrained(src, gguf_file=gf, **kw) if gf else \
             AutoModelForCausalLM.from_pretrained(src, use_safetensors=True, **kw)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError) as e:  # damaged files, a
-        # missing reader package (its message names it): many types
+    # damaged config or weights raise many types; a missing reader package (gguf) an ImportError naming it
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError) as e:
         raise ModelLoadError(f"cannot load model {model or src}: {first_line(e)}") from None
     m.eval()
     return m

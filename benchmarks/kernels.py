@@ -146,6 +146,8 @@ def w4a16_rows(shapes, ms, dev, names=None):
             ks["ws"] = lambda i: ws_gemv(x, tcb[i], alpha)
             if fits(tcb[0], x.shape[0]):
                 ks["row"] = lambda i: row_gemv(x, tcb[i], alpha)
+            elif x.shape[1] % 512 == 0:  # where QuantLinear sends this product elsewhere: for A/B runs
+                ks["row-any"] = lambda i: row_gemv(x, tcb[i], alpha)
         elif x.shape[0] <= MAX_ROWS and ws_ok:
 
             ks["mid"] = lambda i: mid_gemm(x, tcb[i], alpha)
@@ -361,7 +363,8 @@ def main():
     p.add_argument("--no-70b", action="store_true")
     p.add_argument("--ms", default="1,4,8,16,32", help="W4A16 rows (batch sizes) to time")
     p.add_argument("--w4a16-kernels", default="tc,ws,row,mid,dispatch,gemv,gemv plain-decode,gemm",
-                   help="comma-separated W4A16 kernels to time (tc, ws, row, mid, dispatch, gemv, gemv plain-decode, gemm)")
+                   help="comma-separated W4A16 kernels to time (tc, ws, row, mid, dispatch, gemv, gemv plain-decode, gemm; "
+                        "row-any: the row-split kernel where QuantLinear would not pick it)")
     p.add_argument("--sweep-formats", default="mxfp4,nvfp4")
     p.add_argument("--qsweep-kernel", choices=("gluon", "triton"), default="gluon",
                    help="which rotate+quantize kernel --only qsweep sweeps")

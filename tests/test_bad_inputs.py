@@ -310,15 +310,17 @@ def test_api_bad_input(case, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("part", ["tokenizer", "model"])
-def test_gguf_without_its_reader_names_the_package(part, monkeypatch):
+def test_gguf_without_its_reader_names_the_package(part, monkeypatch, capfd):
     """A GGUF model with the gguf package unimportable fails in one line that names gguf (the fix), not with a
-    traceback or a hint about tokenizer files."""
+    traceback, a hint about tokenizer files or transformers' own log line before ours."""
     import sys
 
     from mrgptq.model import loading
 
     monkeypatch.setitem(sys.modules, "gguf", None)  # `import gguf` now raises ImportError
+    capfd.readouterr()
     with pytest.raises(ModelLoadError) as info:
         (loading.load_tokenizer if part == "tokenizer" else loading.load_model)()
     msg = str(info.value)
     assert "gguf" in msg.lower() and "\n" not in msg and "tokenizer files" not in msg
+    assert "gguf" not in capfd.readouterr().err.lower()

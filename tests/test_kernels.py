@@ -527,6 +527,30 @@ def test_row_gemv_ring_keeps_the_chunks_in_flight():
     assert _ring(1536, 4, 256, 1, 132) == (4, 1) and _ring(1536, 4, 1024, 1, 132) == (2, 1)  # 3 chunks a warp
 
 
+def test_row_gemv_pick_shrinks_with_rows():
+    """`rowgemv.fits` (QuantLinear's choice between the row-split and the warp-specialized decode GEMM): a weight
+    it takes at r rows it takes at fewer; one row of x goes to it whatever the weight; never past 16 rows or with
+    K that 4 warps' 128-wide chunks do not divide; and the ranges BENCHMARKS.md session 31 measured on the
+    Llama-3 linears (8B gate_up to 8 rows, 70B gate_up to 4, 70B down to 8, the rest to 16)."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    if importlib.util.find_spec("triton.experimental.gluon") is None:
+        pytest.skip("this Triton ships no Gluon")
+    from mrgptq.kernels.rowgemv import fits
+
+    llama = {(6144, 4096): 16, (4096, 4096): 16, (28672, 4096): 8, (4096, 14336): 16, (10240, 8192): 16,
+             (8192, 8192): 16, (57344, 8192): 4, (8192, 28672): 8}
+    shapes = list(llama) + [(N, K) for N in (64, 4096, 12288, 12352, 65536) for K in (512, 16384, 16896, 65536)]
+    for N, K in shapes:
+        tw = SimpleNamespace(shape=(N, K))
+        taken = [r for r in range(1, 33) if fits(tw, r)]
+        assert taken == list(range(1, len(taken) + 1)) and 1 in taken and len(taken) <= 16, (N, K, taken)
+        if (N, K) in llama:
+            assert len(taken) == llama[N, K], (N, K, taken)
+    assert not fits(SimpleNamespace(shape=(4096, 4096 + 128)), 1)
+
+
 def _offsets(layout):
     """logical coordinates -> element offset of a Gluon SharedLinearLayout (each offset bit's basis XORed in); a
     coordinate two offsets share keeps the last (the callers' size checks then fail)."""

@@ -42,9 +42,9 @@ from .warpbarrier import mark
 from .wsgemv import _stack4, decode_words
 
 WARPS = 4  # warps a program: each takes K / WARPS
-# QuantLinear's choice (`fits`): weights up to SMALL_WEIGHTS at M <= 16, MID_WEIGHTS at M <= 4, MAX_N x MAX_K at
-# M <= 8
-SMALL_WEIGHTS, MID_WEIGHTS, MAX_N, MAX_K = 1 << 25, 1 << 28, 16384, 8192
+# QuantLinear's choice (`fits`): any weight at M <= 4, up to MID_WEIGHTS values at M <= 8, up to MAX_N x MAX_K
+# at M <= 16
+MID_WEIGHTS, MAX_N, MAX_K = 1 << 28, 12288, 16384
 
 
 @gluon.jit
@@ -207,16 +207,15 @@ def _x_copy_view(kw: int, mc: int):
 
 def fits(tw: TcWeight, rows: int) -> bool:
     """Whether QuantLinear sends this product here rather than to `ws_gemv` (K a multiple of 128 WARPS), by the
-    H200 A/B of sessions 18 and 20 (BENCHMARKS.md): any weight at one row of x (70B gate_up 74.7 vs 79.5 us MXFP4,
-    81.8 vs 82.3 NVFP4, once the loop's barriers were warp barriers); weights of at most 2^25 values (Llama-3-8B
-    qkv, o) at up to 16 rows; up to 2^28 values (8B gate_up, down; 70B qkv, o, down) at up to 4 rows; up to
-    MAX_N x MAX_K (70B qkv, o) at up to 8. Outside these `ws_gemv` was as fast or faster (70B gate_up, NVFP4 at
-    4 rows: 82.5 vs 87.7 us)."""
+    H200 A/B of session 31 (BENCHMARKS.md; after session 29's ring): any weight at up to 4 rows of x (70B gate_up
+    76.0 vs 78.7 us at 4, MXFP4); up to 2^28 values (all but 70B gate_up) at up to 8 (8B gate_up 24.0 vs 26.1,
+    70B down 43.5 vs 44.8); at most MAX_N x MAX_K (8B qkv, o, down; 70B qkv, o) at up to 16 (8B down 16.3 vs
+    17.3, 70B qkv 22.1 vs 28.1 and `tc_gemv`'s 23.5; 70B o level, 18.2 vs 18.2, NVFP4 19.1 vs 18.5). Outside
+    these `ws_gemv` was faster: 8B gate_up at 12-16 rows 28.2-28.7 vs 31.8-32.8, 70B down 49.2-50.1 vs 57.2."""
     N, K = tw.shape
     if rows > 16 or K % (CHUNK * WARPS):
         return False
-    return (rows == 1 or N * K <= SMALL_WEIGHTS or (rows <= 4 and N * K <= MID_WEIGHTS)
-            or (rows <= 8 and N <= MAX_N and K <= MAX_K))
+    return rows <= 4 or (rows <= 8 and N * K <= MID_WEIGHTS) or (N <= MAX_N and K <= MAX_K)
 
 
 def _ring(K: int, warps: int, programs: int, mc: int, sms: int) -> tuple[int, int]:

@@ -58,10 +58,22 @@ def resolve(model: str | None, gguf: str | None = None) -> tuple[str, str | None
     return model, None
 
 
+def _gguf_reader(gf: str | None) -> None:
+    """transformers reads GGUF files with the gguf package and, without it, logs a line of its own before it
+    raises: ask first, so the user sees one line that names the fix."""
+    if gf is None:
+        return
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise ModelLoadError(f"reading the GGUF file {gf} needs the gguf package: pip install 'gguf>=0.10'") from None
+
+
 def load_tokenizer(model: str | None = None, gguf: str | None = None):
     from transformers import AutoTokenizer
 
     src, gf = resolve(model, gguf)
+    _gguf_reader(gf)
     try:
         return AutoTokenizer.from_pretrained(src, gguf_file=gf) if gf else AutoTokenizer.from_pretrained(src)
     except ImportError as e:  # a reader package (gguf, sentencepiece) is missing: its message names the fix
@@ -80,6 +92,7 @@ def load_model(model: str | None = None, gguf: str | None = None, dtype: torch.d
     hf_logging.set_verbosity_error()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     src, gf = resolve(model, gguf)
+    _gguf_reader(gf)
     kw = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if gf is None and Path(src).is_dir() and not any(Path(src).glob("*.safetensors")):
         raise ModelLoadError(f"{src} has no .safetensors weights; mrgptq never unpickles .bin/.pt files: convert "

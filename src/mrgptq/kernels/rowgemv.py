@@ -211,7 +211,7 @@ def fits(tw: TcWeight, rows: int) -> bool:
     76.0 vs 78.7 us at 4, MXFP4); up to 2^28 values (all but 70B gate_up) at up to 8 (8B gate_up 24.0 vs 26.1,
     70B down 43.5 vs 44.8); at most MAX_N x MAX_K (8B qkv, o, down; 70B qkv, o) at up to 16 (8B down 16.3 vs
     17.3, 70B qkv 22.1 vs 28.1 and `tc_gemv`'s 23.5; 70B o level, 18.2 vs 18.2, NVFP4 19.1 vs 18.5). Outside
-    these `ws_gemv` was faster: 8B gate_up at 12-16 rows 28.2-28.7 vs 31.8-32.8, 70B down 49.2-50.1 vs 57.2."""
+    these `ws_gemv` was faster: 8B gate_up at 12-16 rows 28.2-28.7 vs 31.8-32.8, 70B down 49.2-50.1 vs 57.2-57.3."""
     N, K = tw.shape
     if rows > 16 or K % (CHUNK * WARPS):
         return False

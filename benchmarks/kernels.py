@@ -140,13 +140,14 @@ def w4a16_rows(shapes, ms, dev, names=None):
     def kernels(x, q, bufs, tcb, alpha):
         ks = {"tc": lambda i: tc_gemv(x, tcb[i], alpha)}
         if x.shape[0] <= 16 and ws_ok:
-            from mrgptq.kernels.rowgemv import fits, row_gemv
+            from mrgptq.kernels.rowgemv import WARPS, fits, row_gemv
+            from mrgptq.kernels.tcgemv import CHUNK
             from mrgptq.kernels.wsgemv import ws_gemv
 
             ks["ws"] = lambda i: ws_gemv(x, tcb[i], alpha)
             if fits(tcb[0], x.shape[0]):
                 ks["row"] = lambda i: row_gemv(x, tcb[i], alpha)
-            elif x.shape[1] % 512 == 0:  # where QuantLinear sends this product elsewhere: for A/B runs
+            elif x.shape[1] % (CHUNK * WARPS) == 0:  # where QuantLinear sends it elsewhere: for A/B runs
                 ks["row-any"] = lambda i: row_gemv(x, tcb[i], alpha)
         elif x.shape[0] <= MAX_ROWS and ws_ok:
 

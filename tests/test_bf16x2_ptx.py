@@ -95,6 +95,10 @@ def run_ptx(text, inputs):
             w = val(pair.group(3))
             regs[pair.group(1)], regs[pair.group(2)] = w & 0xFFFF, w >> 16
             continue
+        packs = re.fullmatch(r"(\S+),\s*\{\s*(\S+),\s*(\S+)\s*\}", args)
+        if op == "mov.b32" and packs:  # mov.b32 word, {lo, hi}: two 16-bit values into one word
+            regs[packs.group(1)] = val(packs.group(2)) | (val(packs.group(3)) << 16)
+            continue
         dst, *src = [t.strip() for t in args.split(",")]
         regs[dst] = OPS[op](*[val(s) for s in src])
     return {k: v for k, v in regs.items() if k.startswith("$")}
@@ -160,11 +164,20 @@ def test_round_pair_ptx_rounds_to_nearest_even_bf16():
         assert torch.equal(out[k], _bits(x.to(torch.bfloat16).float()))
 
 
+def _rotl8(x):
+    return ((x << 8) | (x >> 24)) & M32
+
+
 def test_decode_ptx_is_dequantize_on_tc_pack_words():
-    """Word u = 4t + v of a row's 128-wide chunk C decodes to the values at k = 128 C + 32 v + 8 m + 2 t + b, in
-    (m, b) order, times 2^-shift: exactly formats.dequantize's, for random heavy-tailed weights in both formats
-    (MXFP4 exponents over a wide range, every E4M3 scale byte the data reaches, zero NVFP4 groups included)."""
+    """Word u = 4t + v (v = 2a + c) of a row's 128-wide chunk C decodes to the values at k = 128 C + 64 a + 32 g +
+    16 c + 8 h + 2 t + b, in (m = 2g + h, b) order, times 2^-shift: exactly formats.dequantize's, for random
+    heavy-tailed weights in both formats (MXFP4 exponents over a wide range, every E4M3 scale byte the data
+    reaches, zero NVFP4 groups included). Its scale register is the row's scale word as the tcgemv docstring
+    says: MXFP4 the one word, rotated left by 8 bits for v >= 2, masked; NVFP4 word v // 2, rotated for odd v,
+    masked, exponent bits set."""
     from conftest import student_t
+
+    from mrgptq.kernels.tcgemv import MX_SCALE_MASK, NV_SCALE_EXP, NV_SCALE_MASK
 
     for fmt in ("mxfp4", "nvfp4"):
         W = student_t((128, 512), df=3, seed=5) * torch.exp2(torch.randint(-12, 12, (128, 1),
@@ -177,18 +190,20 @@ def test_decode_ptx_is_dequantize_on_tc_pack_words():
         want = formats.dequantize(dataclasses.replace(q, global_scale=unit)).double() * 2.0 ** -tw.shift
         words = tw.words.long() & M32  # (N/64, C, 64, 16)
         nv = fmt == "nvfp4"
-        sc = tw.scales.view(torch.int16 if nv else torch.uint8).long() & 0xFFFF  # (N/64, C, 64, 4) entries
+        sw = tw.scales.long() & M32  # (N/64, C, 64, 1 or 2) scale words
         u = torch.arange(16)
-        s = sc[..., u % 4]  # entry v for word 4t + v
-        if nv:
-            sa, sb = (s & 0xFF) * 0x00100010 + 0x76007600, (s >> 8) * 0x00100010 + 0x76007600
-        else:
-            sa = sb = s * 0x00800080
-        out = run_ptx(_DECODE_PTX.value, {"$8": words, "$9": sa & M32, "$10": sb & M32})
-        got = torch.stack([_bf16_value(out[f"${i}"]) for i in range(8)], -1)  # (N/64, C, 64, u, m b)
         t, v = u // 4, u % 4
+        if nv:
+            s = sw[..., v // 2]
+            r = (torch.where(v % 2 == 1, _rotl8(s), s) & NV_SCALE_MASK.value) | NV_SCALE_EXP.value
+        else:
+            s = sw[..., [0]].expand(*sw.shape[:-1], 16)
+            r = torch.where(v >= 2, _rotl8(s), s) & MX_SCALE_MASK.value
+        out = run_ptx(_DECODE_PTX.value, {"$8": words, "$9": r})
+        got = torch.stack([_bf16_value(out[f"${i}"]) for i in range(8)], -1)  # (N/64, C, 64, u, m b)
         mb = torch.arange(8)
-        k = 32 * v[:, None] + 8 * (mb // 2)[None, :] + 2 * t[:, None] + (mb % 2)[None, :]  # (u, m b)
+        m, b = mb // 2, mb % 2
+        k = (64 * (v // 2) + 16 * (v % 2) + 2 * t)[:, None] + (32 * (m // 2) + 8 * (m % 2) + b)[None, :]  # (u, m b)
         nb, C = words.shape[:2]
         rows = (torch.arange(nb)[:, None] * 64 + torch.arange(64)[None, :])[:, None, :, None, None]
         cols = (128 * torch.arange(C))[None, :, None, None, None] + k

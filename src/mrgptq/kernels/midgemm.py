@@ -105,8 +105,8 @@ def _decode(w_buf, s_buf, v, AL: gl.constexpr, WL: gl.constexpr, SL: gl.constexp
         s1 = s0
     o0, o1, o2, o3, o4, o5, o6, o7 = decode_words(w, s0, s1, v[None, :], NV)
     a = gl.join(_stack4(o0, o2, o4, o6), _stack4(o1, o3, o5, o7))  # (BN, 16 words u, m, b)
-    a = gl.reshape(a, (BN, 4, 2, 2, 4, 2))  # u = 4 t + 2 vh + vl
-    a = gl.permute(a, (0, 3, 4, 1, 5, 2))  # (vl, m, t, b, vh): k = 64 vh + 32 vl + 8 m + 2 t + b
+    a = gl.reshape(a, (BN, 4, 2, 2, 2, 2, 2))  # u = 4 t + 2 a + c, m = 2 g + h
+    a = gl.permute(a, (0, 4, 3, 5, 1, 6, 2))  # (g, c, h, t, b, a): k = 64 a + 32 g + 16 c + 8 h + 2 t + b
     lo, hi = gl.split(gl.reshape(a, (BN, 64, 2)))
     return gl.convert_layout(lo, AL, assert_trivial=True), gl.convert_layout(hi, AL, assert_trivial=True)
 

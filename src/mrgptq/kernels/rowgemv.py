@@ -156,8 +156,8 @@ def _row_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, alpha, ra_ptr, M, N, K, stride_
                 s1 = s0
             o0, o1, o2, o3, o4, o5, o6, o7 = decode_words(w, s0, s1, v, NV)
             a = gl.join(_stack4(o0, o2, o4, o6), _stack4(o1, o3, o5, o7))  # (KW, 16, t, v, m, b)
-            a = gl.reshape(a, (KW, 16, 4, 4, 4, 2))
-            a = gl.permute(a, (0, 1, 3, 4, 2, 5))  # k = 32 v + 8 m + 2 t + b
+            a = gl.reshape(a, (KW, 16, 4, 2, 2, 2, 2, 2))  # v = 2 a + c, m = 2 g + h
+            a = gl.permute(a, (0, 1, 3, 5, 4, 6, 2, 7))  # k = 64 a + 32 g + 16 c + 8 h + 2 t + b
             a = gl.convert_layout(gl.reshape(a, (KW, 16, 128)), AL, assert_trivial=True)
             xb = reinterpret(x_s.index(cur), gl.bfloat16, [KW, 128, MP], XV).load(BL)
             acc = mma_v2(a, xb, acc)

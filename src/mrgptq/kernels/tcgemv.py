@@ -7,20 +7,30 @@ tokens, from shared memory; padding tokens are zeros). Three choices make the de
 
 1. Layout. `tc_pack` reorders each row's codes once, at load time, so that the 32-bit word a thread loads holds
    exactly the 8 values that thread owns in Hopper's wgmma A-operand fragment: within each 128-wide k chunk,
-   word u = 4t + v holds k = 32v + 8m + 2t + b (m = 0..3, b = 0..1). Loads, decode and MMA then meet in one
-   register layout: no shared-memory shuffle of decoded values. Words are stored in 4 KB bricks (64 rows x 128
-   k, row block-major), so every load is whole contiguous kilobytes (gate_up 40.2 -> 32.1 us on the H100).
+   word u = 4t + v (v = 2a + c) holds pairs m = 2g + h (values b = 0, 1) at k = 64a + 32g + 16c + 8h + 2t + b,
+   i.e. MMA k-steps 4a + c (m = 0, 1) and 4a + 2 + c (m = 2, 3). A word's first two pairs then share one group
+   scale and its last two another (MXFP4: groups 2a, 2a + 1; NVFP4: 4a + c, 4a + 2 + c), so one register of two
+   bf16 scales serves it (3.). Loads, decode and MMA meet in one register layout: no shared-memory shuffle of
+   decoded values. Words are stored in 4 KB bricks (64 rows x 128 k, row block-major), so every load is whole
+   contiguous kilobytes (gate_up 40.2 -> 32.1 us on the H100).
 2. Bits. Each bf16 pair (k, k+1) is two shifts and masks of the word: a magnitude code c placed at bits 6..8
    of a bf16 is the number c_value * 2^-126 (E2M1's subnormal 0.5 included), the sign goes to bit 15. Per
    half-word: pair 0 magnitude bits 0-2 and sign bit 9, pair 1 3-5 / 12, pair 2 6-8 / 10, pair 3 13-15 / 11;
    pairs 0 and 1 are one shift and one mask each, 2 and 3 two shifts, a mask and a lop3. ~1.4 instructions
    per code.
 3. Scales. One bf16x2 multiply per pair (written as an fma with -0: `mul.bf16x2` needs sm_90, and ptxas makes
-   the fma that same multiply there) applies the group scale and undoes the 2^-126: the stored scale byte
-   is re-encoded at load time so that (byte * 0x00800080) (MXFP4: exponent e + 106) or (byte * 0x00100010 +
-   0x76007600) (NVFP4: E4M3 as a bf16 with 3 mantissa bits) is the bf16x2 scale times 2^126 * 2^D. Every
-   product is exact (a 2-bit code times a 4-bit scale fits bf16's 8 bits); alpha absorbs 2^-D (D = -20 MXFP4,
-   -7 NVFP4, which keeps products far from bf16's and fp32's subnormals).
+   the fma that same multiply there) applies the group scale and undoes the 2^-126. A row's group scales are
+   re-encoded at load time into scale words from which a mask (MXFP4: `& 0x7F807F80`, the E8M0 exponent
+   e + 106 as a bf16 exponent field) or a mask and an or (NVFP4: `& 0x0FF00FF0 | 0x70007000`, E4M3 as a bf16
+   with 3 mantissa bits) gives a register of two bf16 scales, and the same after an 8-bit rotation gives two
+   more (`scale_word`): 3 instructions a row for MXFP4's four scales, 6 for NVFP4's eight (ptxas adds a move
+   of the mask per or), where a byte extraction and a multiply-add per scale took 2 each (row-split loop per
+   2 chunks: 369 -> 351 instructions MXFP4, 403 -> 378 NVFP4; 1-4% faster on the H200, session 32). A word's
+   pairs 0, 1 take the register's low half and 2, 3 its high half, as operand selects of the multiply (HMUL2
+   `.H0_H0` / `.H1_H1`: no instruction). The
+   register holds each scale times 2^126 * 2^D. Every product is exact (a 2-bit code times a 4-bit scale fits
+   bf16's 8 bits); alpha absorbs 2^-D (D = -20 MXFP4, -19 NVFP4, which keeps products far from bf16's and
+   fp32's subnormals).
 
 Few weight tiles (N = 4096 has 64) would leave SMs idle, so K splits across programs; the last program of a
 tile to finish (an atomic counter that resets itself) sums the fp32 partials and stores y: no zeroed buffer,
@@ -41,33 +51,53 @@ from . import LAUNCH
 from .fp4 import INTERPRET, store_rounded
 
 CHUNK = 128  # k per layout chunk (16 words): the packing is defined per chunk
-MX_SHIFT, NV_SHIFT = 20, 7  # -D: products are computed 2^D times too small, alpha multiplies by 2^-D
+MX_SHIFT, NV_SHIFT = 20, 19  # -D: products are computed 2^D times too small, alpha multiplies by 2^-D
 MX_EXP_MAX = 148  # MXFP4 exponents (biased) the re-encoding keeps exact: e + 106 <= 254
 
-# $0..$7: the 8 bf16 values of word $8 in (m, b) order; pairs 0, 1 times bf16x2 $9, pairs 2, 3 times $10.
+# Scale words (`tc_pack`): two bf16 scales at the bits these masks keep (NVFP4 also sets the exponent's top 3
+# bits, `NV_SCALE_EXP`), two more after an 8-bit left rotation.
+MX_SCALE_MASK, NV_SCALE_MASK = tl.constexpr(0x7F807F80), tl.constexpr(0x0FF00FF0)
+NV_SCALE_EXP = tl.constexpr(0x70007000)
+
+# $0..$7: the 8 bf16 values of word $8 in (m, b) order; pairs 0, 1 times the low bf16 of $9, pairs 2, 3 times its
+# high one (ptxas folds the broadcasts into the multiplies' operand selects).
 _DECODE_PTX = tl.constexpr("""{
-.reg .b32 a, b, c, d, z;
+.reg .b32 a, b, c, d, z, sa, sb;
+.reg .b16 sl, sh;
 mov.b32 z, 0x80008000;
+mov.b32 {sl, sh}, $9;
+mov.b32 sa, {sl, sl};
+mov.b32 sb, {sh, sh};
 shl.b32 a, $8, 6;
 and.b32 a, a, 0x81C081C0;
-fma.rn.bf16x2 a, a, $9, z;
+fma.rn.bf16x2 a, a, sa, z;
 mov.b32 {$0, $1}, a;
 shl.b32 b, $8, 3;
 and.b32 b, b, 0x81C081C0;
-fma.rn.bf16x2 b, b, $9, z;
+fma.rn.bf16x2 b, b, sa, z;
 mov.b32 {$2, $3}, b;
 shl.b32 c, $8, 5;
 and.b32 c, c, 0x80008000;
 lop3.b32 c, $8, 0x01C001C0, c, 0xEA;
-fma.rn.bf16x2 c, c, $10, z;
+fma.rn.bf16x2 c, c, sb, z;
 mov.b32 {$4, $5}, c;
 shl.b32 d, $8, 4;
 and.b32 d, d, 0x80008000;
 shr.b32 a, $8, 7;
 lop3.b32 d, a, 0x01C001C0, d, 0xEA;
-fma.rn.bf16x2 d, d, $10, z;
+fma.rn.bf16x2 d, d, sb, z;
 mov.b32 {$6, $7}, d;
 }""")
+
+
+@triton.jit
+def scale_word(s, rot, NV: tl.constexpr):
+    """Two bf16 scales (low, high half) of scale word s, rotated left by 8 bits first where `rot`."""
+    x = tl.where(rot, (s << 8) | ((s >> 24) & 0xFF), s)
+    if NV:
+        return (x & NV_SCALE_MASK) | NV_SCALE_EXP
+    else:
+        return x & MX_SCALE_MASK
 
 
 @triton.jit
@@ -88,16 +118,17 @@ def _halves(p, s):
 
 
 @triton.jit
-def _decode8(w, sa, sb, LUT: tl.constexpr):
+def _decode8(w, r, LUT: tl.constexpr):
     if LUT:
-        return tl.inline_asm_elementwise(_DECODE_PTX, "=h,=h,=h,=h,=h,=h,=h,=h,r,r,r", [w, sa, sb],
+        return tl.inline_asm_elementwise(_DECODE_PTX, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [w, r],
                                          dtype=(tl.bfloat16,) * 8, is_pure=True, pack=1)
     else:
         p0, p1, p2, p3 = _pair_bits(w)
-        v0, v1 = _halves(p0, sa)
-        v2, v3 = _halves(p1, sa)
-        v4, v5 = _halves(p2, sb)
-        v6, v7 = _halves(p3, sb)
+        v0, v1 = _halves(p0, r)
+        v2, v3 = _halves(p1, r)
+        rh = (r >> 16) & 0xFFFF
+        v4, v5 = _halves(p2, rh)
+        v6, v7 = _halves(p3, rh)
         return v0, v1, v2, v3, v4, v5, v6, v7
 
 
@@ -108,31 +139,28 @@ def _stack4(a, b, c, d):
 
 
 @triton.jit
-def _fetch(w_rows, s_rows, x_cols, t, t1, rn, nmask, rm, mmask, R: tl.constexpr, BK: tl.constexpr):
-    """Step t's weight words, scale entries and x^T tile; nothing is read past the program's last step."""
+def _fetch(w_rows, s_rows, x_cols, t, t1, rn, nmask, rm, mmask, R: tl.constexpr, BK: tl.constexpr,
+           SW: tl.constexpr):
+    """Step t's weight words, scale words and x^T tile; nothing is read past the program's last step."""
     wm = (nmask & (rn * 0 + t < t1))[:, None]  # (the interpreter wants tensor & tensor masks)
     xm = (mmask & (rm * 0 + t < t1))[None, :]
     w = tl.load(w_rows + t * (R * 1024), mask=wm, other=0)
-    s = tl.load(s_rows + t * (R * 256), mask=wm, other=0)
+    s = tl.load(s_rows + t * (R * 64 * SW), mask=wm, other=0)
     return w, s, tl.load(x_cols + t * BK, mask=xm, other=0.0)
 
 
 @triton.jit
 def _step(acc, w, s, xt, BN: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, NV: tl.constexpr,
           LUT: tl.constexpr):
-    """acc += decode(w, s) x^T: decode in the wgmma fragment layout, one dot."""
+    """acc += decode(w, s) x^T: decode in the wgmma fragment layout, one dot. s: each word's scale word."""
     REP: tl.constexpr = BN // 64
-    si = s.to(tl.int32)
-    if NV:  # two E4M3 groups per word: low byte for pairs 0-1, high byte for pairs 2-3
-        sa = (si & 0xFF) * 0x00100010 + 0x76007600
-        sb = ((si >> 8) & 0xFF) * 0x00100010 + 0x76007600
-    else:
-        sa = (si & 0xFF) * 0x00800080
-        sb = sa
-    o0, o1, o2, o3, o4, o5, o6, o7 = _decode8(w, sa, sb, LUT)  # value (m, b) is o_{2m+b}
+    v = (tl.arange(0, R * 16) % 4)[None, :]  # word 4t + v
+    r = scale_word(s, (v % 2 == 1) if NV else (v >= 2), NV)
+    o0, o1, o2, o3, o4, o5, o6, o7 = _decode8(w, r, LUT)  # value (m, b) is o_{2m+b}
     a = tl.join(_stack4(o0, o2, o4, o6), _stack4(o1, o3, o5, o7))  # (BN, BW, m, b)
-    a = tl.reshape(a, (REP, 2, 4, 8, R, 4, 4, 4, 2))  # rows (j, i, w, l), words (r, t, v), (m, b)
-    a = tl.permute(a, (0, 2, 1, 3, 4, 6, 7, 5, 8))  # rows (j, w, i, l) as wgmma's, k = (r, v, m, t, b)
+    # rows (j, i, w, l), words (r, t, a, c), (g, h, b); wgmma's rows (j, w, i, l), k = (r, a, g, c, h, t, b)
+    a = tl.reshape(a, (REP, 2, 4, 8, R, 4, 2, 2, 2, 2, 2))
+    a = tl.permute(a, (0, 2, 1, 3, 4, 6, 8, 7, 9, 5, 10))
     a = tl.reshape(a, (BN, BK))
     if LUT:
         return tl.dot(a, xt, acc)
@@ -161,23 +189,24 @@ def _tc_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, alpha, ra_ptr, 
     # bricks of 64 rows x 128 k (16 words, 4 KB) stored whole, row block-major: each step reads contiguous KBs
     brick = (rn // 64) * (K // 128) * 64 + rn % 64
     w_rows = w_ptr + brick[:, None] * 16 + ((wi // 16) * 1024 + wi % 16)[None, :]
-    # scales: per brick row 4 entries (word 4t + v reads entry v: MXFP4 byte, NVFP4 int16 pair)
-    s_rows = s_ptr + brick[:, None] * 4 + ((wi // 16) * 256 + wi % 4)[None, :]
+    # scale words: per brick row SW (word 4t + v reads MXFP4's one, NVFP4's v // 2)
+    SW: tl.constexpr = 2 if NV else 1
+    s_rows = s_ptr + brick[:, None] * SW + ((wi // 16) * (64 * SW) + (wi % 4) // (4 // SW))[None, :]
     x_cols = x_ptr + rm[None, :] * stride_xm + tl.arange(0, BK)[:, None]
     # prefetch by hand, PF steps ahead (num_stages=1): Triton's software pipeline would split the dot into
     # k16 pieces with a wait between each, which makes ptxas serialize every wgmma
     acc = tl.zeros((BN, MP), dtype=tl.float32)
-    w, s, xt = _fetch(w_rows, s_rows, x_cols, t0, t1, rn, nmask, rm, mmask, R, BK)
+    w, s, xt = _fetch(w_rows, s_rows, x_cols, t0, t1, rn, nmask, rm, mmask, R, BK, SW)
     if PF == 2:  # two buffers in fixed registers, two steps per iteration (no register rotation)
-        w2, s2, x2 = _fetch(w_rows, s_rows, x_cols, t0 + 1, t1, rn, nmask, rm, mmask, R, BK)
+        w2, s2, x2 = _fetch(w_rows, s_rows, x_cols, t0 + 1, t1, rn, nmask, rm, mmask, R, BK, SW)
         for t in range(t0, t1, 2):
             acc = _step(acc, w, s, xt, BN, BK, R, NV, LUT)
-            w, s, xt = _fetch(w_rows, s_rows, x_cols, t + 2, t1, rn, nmask, rm, mmask, R, BK)
+            w, s, xt = _fetch(w_rows, s_rows, x_cols, t + 2, t1, rn, nmask, rm, mmask, R, BK, SW)
             acc = _step(acc, w2, s2, x2, BN, BK, R, NV, LUT)  # past the end: masked zeros, adds nothing
-            w2, s2, x2 = _fetch(w_rows, s_rows, x_cols, t + 3, t1, rn, nmask, rm, mmask, R, BK)
+            w2, s2, x2 = _fetch(w_rows, s_rows, x_cols, t + 3, t1, rn, nmask, rm, mmask, R, BK, SW)
     else:
         for t in range(t0, t1):
-            w2, s2, x2 = _fetch(w_rows, s_rows, x_cols, t + 1, t1, rn, nmask, rm, mmask, R, BK)
+            w2, s2, x2 = _fetch(w_rows, s_rows, x_cols, t + 1, t1, rn, nmask, rm, mmask, R, BK, SW)
             acc = _step(acc, w, s, xt, BN, BK, R, NV, LUT)
             w, s, xt = w2, s2, x2
     rd = tl.arange(0, BN)  # MMA row (j, w, i, l) holds loaded row l + 8 w + 32 i + 64 j
@@ -206,7 +235,7 @@ def _tc_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, alpha, ra_ptr, 
 class TcWeight:
     """A packed FP4 weight in the tensor-core decode layout (see the module docstring)."""
     words: torch.Tensor  # int32 bricks (N/64, K/128, 64, 16), rows padded to a multiple of 64
-    scales: torch.Tensor  # uint8 (N/64, K/128, 64, 128/g), re-encoded; NVFP4 read as int16 pairs
+    scales: torch.Tensor  # int32 scale words (N/64, K/128, 64, 1 MXFP4 / 2 NVFP4), `_scale_words`
     spec: FormatSpec
     shift: int  # alpha multiplies by 2^shift
     N: int
@@ -245,14 +274,14 @@ def tc_pack(packed: torch.Tensor, scales: torch.Tensor, spec: FormatSpec) -> TcW
         zero = s <= 0
         mant, exp = torch.frexp(s)  # s = mant 2^exp, mant in [0.5, 1): E' = exp - 1, 1.mmm = 2 mant
         mmm = ((mant * 2 - 1) * 8).round().to(torch.int32)
-        enc = ((exp - 1 + 246 - 236) << 3) | mmm  # bf16 exponent field E' + 246, stored minus 236
-        enc8 = torch.where(zero, torch.zeros_like(enc), enc).to(torch.uint8)
+        enc = ((exp - 1 + 10) << 3) | mmm  # bf16 exponent field E' + 234 = NV_SCALE_EXP's 224 | (E' + 10)
+        enc8 = torch.where(zero, torch.zeros_like(enc), enc)
         shift = NV_SHIFT
     else:
         if int(scales.max()) > MX_EXP_MAX:
             return None
         zero = None
-        enc8 = (scales.to(torch.int32) + 106).to(torch.uint8)
+        enc8 = scales.to(torch.int32) + 106
         shift = MX_SHIFT
     n = N + (-N % 64)
     c = K // CHUNK
@@ -260,21 +289,40 @@ def tc_pack(packed: torch.Tensor, scales: torch.Tensor, spec: FormatSpec) -> TcW
     mpos = torch.tensor(_MAG_POS, device=dev).view(4, 1) + 16 * torch.arange(2, device=dev)
     spos = torch.tensor(_SIGN_POS, device=dev).view(4, 1) + 16 * torch.arange(2, device=dev)
     words = torch.zeros((n, c, 16), dtype=torch.int32, device=dev)  # padded rows: code 0
+    sw = torch.zeros((n, c, 2 if nv else 1), dtype=torch.int32, device=dev)  # and scale words 0
     for r0 in range(0, N, 1024):
         p = packed[r0:r0 + 1024]
         r = p.shape[0]
         codes = unpack(p).to(torch.int64)
         if zero is not None:  # a zero NVFP4 scale: its group decodes to zeros whatever the codes
             codes = codes.view(r, -1, spec.group_size).masked_fill(zero[r0:r0 + r, :, None], 0).view(r, K)
-        # k = 128 C + 32 v + 8 m + 2 t + b  ->  word (C, u = 4 t + v), fields of (m, b)
-        cv = codes.view(r, c, 4, 4, 4, 2).permute(0, 1, 4, 2, 3, 5)  # (r, C, t, v, m, b)
+        # k = 128 C + 64 a + 32 g + 16 c + 8 h + 2 t + b  ->  word (C, u = 4 t + 2 a + c), fields of (m = 2 g + h, b)
+        cv = codes.view(r, c, 2, 2, 2, 2, 4, 2).permute(0, 1, 6, 2, 4, 3, 5, 7).reshape(r, c, 4, 4, 4, 2)
         word = (((cv & 7) << mpos) | ((cv >> 3) << spos)).sum(dim=(-1, -2))  # disjoint fields: sum == or
-        words[r0:r0 + r] = torch.where(word >= 2 ** 31, word - 2 ** 32, word).to(torch.int32).view(r, c, 16)
-    if n != N:
-        enc8 = torch.nn.functional.pad(enc8, (0, 0, 0, n - N))
+        words[r0:r0 + r] = _int32(word).view(r, c, 16)
+        sw[r0:r0 + r] = _scale_words(enc8[r0:r0 + r].to(torch.int64).view(r, c, -1, 4), nv)
     bricks = words.view(n // 64, 64, c, 16).transpose(1, 2).contiguous()
-    sc = enc8.view(n // 64, 64, c, -1).transpose(1, 2).contiguous()
+    sc = sw.view(n // 64, 64, c, -1).transpose(1, 2).contiguous()
     return TcWeight(bricks, sc, spec, shift, N, K)
+
+
+def _int32(x: torch.Tensor) -> torch.Tensor:
+    """int64 holding 32-bit patterns -> int32 with those bits."""
+    return torch.where(x >= 2 ** 31, x - 2 ** 32, x).to(torch.int32)
+
+
+def _scale_words(e: torch.Tensor, nv: bool) -> torch.Tensor:
+    """Re-encoded scales (..., 4) of one word's groups -> int32 words (...) that `scale_word` reads: bf16 scale
+    fields (MXFP4 an exponent at bits 7-14, NVFP4 5 exponent and 3 mantissa bits at 4-11, of each half) for
+    the register (e0 | e1 << 16), and rotated right by 8 for (e2 | e3 << 16). MXFP4's word holds a row's
+    groups 0-3 in that order; NVFP4's word a its groups 4a + (0, 2, 1, 3): words v = 2a (groups 4a, 4a + 2)
+    take the register, words 2a + 1 (4a + 1, 4a + 3) the rotated one."""
+    if nv:
+        e = e[..., [0, 2, 1, 3]]
+    p = 4 if nv else 7
+    lo = (e[..., 0] << p) | (e[..., 1] << (p + 16))
+    hi = (e[..., 2] << p) | (e[..., 3] << (p + 16))
+    return _int32(lo | (hi >> 8) | ((hi << 24) & 0xFFFFFFFF))
 
 
 def packed_once(tw, device, pack):
@@ -341,7 +389,7 @@ def tc_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out_dtype=torch.b
     if split > 1 and (grid[0] * grid[2] * split * bn * mp > ws.numel() or grid[0] * grid[2] > cnt.numel()):
         split, grid = 1, (grid[0], 1, grid[2])
     nv = tw.spec.scale_dtype == "e4m3"
-    scales = tw.scales.view(torch.int16) if nv else tw.scales
+    scales = tw.scales.view(torch.int32)
     ra = tw.row_alpha
     _tc_gemv_kernel[grid](x, tw.words, scales, y, ws, cnt, alpha * 2.0 ** tw.shift, y if ra is None else ra, M, N,
                           K, x.stride(0), y.stride(0), split, BN=bn, BW=bw, MP=mp,

@@ -11,8 +11,8 @@ Work is split as units (64-row tile, 128 KB-wide k step) in tile-major order, wh
 storage order, so each program streams one contiguous range [u0, u1). Programs sum the tiles they only partly
 cover into a slot of their own; a tile's last contributor adds the slots in program order (deterministic) and
 stores y. With P = tiles x split the ranges are exactly `tc_gemv`'s K splits and the result is bit-identical
-to it; other P give stream-K. Scales: an MXFP4 brick row's four E8M0 bytes are one word (byte v scales words
-4t + v); an NVFP4 row's eight E4M3 bytes are two words, copied word-major.
+to it; other P give stream-K. Scales: an MXFP4 brick row's four group scales are one scale word, an NVFP4
+row's eight are two, copied word-major (`tcgemv.scale_word` turns them into bf16 scale registers).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from ..errors import MrgptqError
 from . import LAUNCH
 from .fp4 import INTERPRET, ptx_arch
 from .gluonapi import async_load, barrier
-from .tcgemv import _DECODE_PTX, CHUNK, TcWeight, _workspace
+from .tcgemv import _DECODE_PTX, CHUNK, MX_SCALE_MASK, NV_SCALE_EXP, NV_SCALE_MASK, TcWeight, _workspace
 from .tcgemv import _pick as _tc_pick
 
 # (64 rows, 16 words) of a brick as the wgmma A fragment wants them: thread (warp w, lane 4 r + t) holds
@@ -87,16 +87,16 @@ def _producer(x_ptr, w_ptr, s_ptr, w_bufs, s_bufs, x_bufs, ready, empty, M, stri
 def decode_words(w, s0, s1, v, NV: gl.constexpr):
     """The 8 bf16 values (m, b) of each word w in the wgmma / mma A-fragment layout, scaled, in 2^-126 units
     (see tcgemv), any shape: s0 (and s1), broadcast to w, are its row's scale word(s) and v its word's index
-    mod 4 (word 4t + v). MXFP4: byte v of s0; NVFP4: int16 v of (s0, s1) (low byte: pairs 0-1, high byte:
-    pairs 2-3) re-encoded as in `tc_gemv`."""
+    mod 4 (word 4t + v). MXFP4: word v takes s0 rotated where v >= 2; NVFP4: s0 for v < 2 else s1, rotated
+    where v is odd (`tcgemv.scale_word`)."""
     if NV:
-        h = (gl.where(v < 2, s0, s1) >> ((v & 1) * 16)) & 0xFFFF
-        sa = (h & 0xFF) * 0x00100010 + 0x76007600
-        sb = (h >> 8) * 0x00100010 + 0x76007600
+        s = gl.where(v < 2, s0, s1)
+        x = gl.where((v & 1) == 1, (s << 8) | ((s >> 24) & 0xFF), s)
+        r = (x & NV_SCALE_MASK) | NV_SCALE_EXP
     else:
-        sa = ((s0 >> (v * 8)) & 0xFF) * 0x00800080
-        sb = sa
-    return gl.inline_asm_elementwise(_DECODE_PTX, "=h,=h,=h,=h,=h,=h,=h,=h,r,r,r", [w, sa, sb],
+        x = gl.where(v >= 2, (s0 << 8) | ((s0 >> 24) & 0xFF), s0)
+        r = x & MX_SCALE_MASK
+    return gl.inline_asm_elementwise(_DECODE_PTX, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [w, r],
                                      dtype=(gl.bfloat16,) * 8, is_pure=True, pack=1)
 
 
@@ -112,8 +112,8 @@ def _decode_step(w_bufs, s_bufs, st, v, AL: gl.constexpr, WL: gl.constexpr, NV: 
         s1 = s0
     o0, o1, o2, o3, o4, o5, o6, o7 = decode_words(w, s0, s1, v[None, :], NV)
     a = gl.join(_stack4(o0, o2, o4, o6), _stack4(o1, o3, o5, o7))  # (64 rows, 16 words u, m, b)
-    a = gl.reshape(a, (64, 4, 4, 4, 2))  # u = 4 t + v
-    a = gl.permute(a, (0, 2, 3, 1, 4))  # k = 32 v + 8 m + 2 t + b
+    a = gl.reshape(a, (64, 4, 2, 2, 2, 2, 2))  # u = 4 t + 2 a + c, m = 2 g + h
+    a = gl.permute(a, (0, 2, 4, 3, 5, 1, 6))  # k = 64 a + 32 g + 16 c + 8 h + 2 t + b
     return gl.convert_layout(gl.reshape(a, (64, 128)), AL, assert_trivial=True)
 
 

@@ -27,10 +27,9 @@ tokens, from shared memory; padding tokens are zeros). Three choices make the de
    of the mask per or), where a byte extraction and a multiply-add per scale took 2 each (row-split loop per
    2 chunks: 369 -> 351 instructions MXFP4, 403 -> 378 NVFP4; 1-4% faster on the H200, session 32). A word's
    pairs 0, 1 take the register's low half and 2, 3 its high half, as operand selects of the multiply (HMUL2
-   `.H0_H0` / `.H1_H1`: no instruction). The
-   register holds each scale times 2^126 * 2^D. Every product is exact (a 2-bit code times a 4-bit scale fits
-   bf16's 8 bits); alpha absorbs 2^-D (D = -20 MXFP4, -19 NVFP4, which keeps products far from bf16's and
-   fp32's subnormals).
+   `.H0_H0` / `.H1_H1`: no instruction). The register holds each scale times 2^126 * 2^D. Every product is
+   exact (a 2-bit code times a 4-bit scale fits bf16's 8 bits); alpha absorbs 2^-D (D = -20 MXFP4, -19 NVFP4,
+   which keeps products far from bf16's and fp32's subnormals).
 
 Few weight tiles (N = 4096 has 64) would leave SMs idle, so K splits across programs; the last program of a
 tile to finish (an atomic counter that resets itself) sums the fp32 partials and stores y: no zeroed buffer,
@@ -92,7 +91,8 @@ mov.b32 {$6, $7}, d;
 
 @triton.jit
 def scale_word(s, rot, NV: tl.constexpr):
-    """Two bf16 scales (low, high half) of scale word s, rotated left by 8 bits first where `rot`."""
+    """Two bf16 scales (low, high half) of scale word s, rotated left by 8 bits first where `rot` (every decode
+    GEMM's, the Gluon ones' through `wsgemv.decode_words`)."""
     x = tl.where(rot, (s << 8) | ((s >> 24) & 0xFF), s)
     if NV:
         return (x & NV_SCALE_MASK) | NV_SCALE_EXP

@@ -33,7 +33,7 @@ from ..errors import MrgptqError
 from . import LAUNCH
 from .fp4 import INTERPRET, ptx_arch
 from .gluonapi import async_load, barrier
-from .tcgemv import _DECODE_PTX, CHUNK, MX_SCALE_MASK, NV_SCALE_EXP, NV_SCALE_MASK, TcWeight, _workspace
+from .tcgemv import _DECODE_PTX, CHUNK, TcWeight, _workspace, scale_word
 from .tcgemv import _pick as _tc_pick
 
 # (64 rows, 16 words) of a brick as the wgmma A fragment wants them: thread (warp w, lane 4 r + t) holds
@@ -90,12 +90,9 @@ def decode_words(w, s0, s1, v, NV: gl.constexpr):
     mod 4 (word 4t + v). MXFP4: word v takes s0 rotated where v >= 2; NVFP4: s0 for v < 2 else s1, rotated
     where v is odd (`tcgemv.scale_word`)."""
     if NV:
-        s = gl.where(v < 2, s0, s1)
-        x = gl.where((v & 1) == 1, (s << 8) | ((s >> 24) & 0xFF), s)
-        r = (x & NV_SCALE_MASK) | NV_SCALE_EXP
+        r = scale_word(gl.where(v < 2, s0, s1), (v & 1) == 1, NV)
     else:
-        x = gl.where(v >= 2, (s0 << 8) | ((s0 >> 24) & 0xFF), s0)
-        r = x & MX_SCALE_MASK
+        r = scale_word(s0, v >= 2, NV)
     return gl.inline_asm_elementwise(_DECODE_PTX, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [w, r],
                                      dtype=(gl.bfloat16,) * 8, is_pure=True, pack=1)
 

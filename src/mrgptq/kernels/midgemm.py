@@ -276,7 +276,7 @@ def _weight_descriptors(tw: TcWeight, W: int):
         sw = 2 if tw.spec.scale_dtype == "e4m3" else 1
         wd = TensorDescriptor(tw.words.view(n64, steps * 64, 16), [n64, steps * 64, 16], [steps * 1024, 16, 1],
                               [W, 64, 16], gl.NVMMASharedLayout(0, 32, rank=3))
-        s = tw.scales.view(torch.int32).view(n64, steps * 64 * sw)
+        s = tw.scales.view(n64, steps * 64 * sw)
         sd = TensorDescriptor(s, [n64, steps * 64 * sw], [steps * 64 * sw, 1], [W, 64 * sw],
                               gl.NVMMASharedLayout(0, 32, rank=2))
         tw.cache[key] = wd, sd

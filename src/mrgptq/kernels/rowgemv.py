@@ -259,7 +259,7 @@ def row_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tenso
     if warp_barriers:
         _warp_barriers()
     _row_gemv_kernel[(programs,)](
-        x, tw.words, tw.scales.view(torch.int32), y, alpha * 2.0 ** tw.shift, y if ra is None else ra, M, N, K,
+        x, tw.words, tw.scales, y, alpha * 2.0 ** tw.shift, y if ra is None else ra, M, N, K,
         x.stride(0), y.stride(0), S=stages, MP=mp, KW=warps,
         NV=tw.spec.scale_dtype == "e4m3", ROW_ALPHA=ra is not None, WL=_words_layout(warps),
         MC=mc, XV=_x_view(warps, mp), XW=_x_copy_view(warps, mc), XS=mc if OUTGROWING_VIEWS else mp,

@@ -90,9 +90,11 @@ mov.b32 {$6, $7}, d;
 
 
 @triton.jit
-def scale_word(s, rot, NV: tl.constexpr):
-    """Two bf16 scales (low, high half) of scale word s, rotated left by 8 bits first where `rot` (every decode
-    GEMM's, the Gluon ones' through `wsgemv.decode_words`)."""
+def scale_word(s, v, NV: tl.constexpr):
+    """The two bf16 scales (low, high half) of word 4t + v, from its row's scale word s (NVFP4: word v // 2):
+    s itself, or s rotated left by 8 bits for MXFP4's v >= 2 and NVFP4's odd v (every decode GEMM's, the Gluon
+    ones' through `wsgemv.decode_words`)."""
+    rot = (v % 2 == 1) if NV else (v >= 2)
     x = tl.where(rot, (s << 8) | ((s >> 24) & 0xFF), s)
     if NV:
         return (x & NV_SCALE_MASK) | NV_SCALE_EXP
@@ -155,7 +157,7 @@ def _step(acc, w, s, xt, BN: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, NV
     """acc += decode(w, s) x^T: decode in the wgmma fragment layout, one dot. s: each word's scale word."""
     REP: tl.constexpr = BN // 64
     v = (tl.arange(0, R * 16) % 4)[None, :]  # word 4t + v
-    r = scale_word(s, (v % 2 == 1) if NV else (v >= 2), NV)
+    r = scale_word(s, v, NV)
     o0, o1, o2, o3, o4, o5, o6, o7 = _decode8(w, r, LUT)  # value (m, b) is o_{2m+b}
     a = tl.join(_stack4(o0, o2, o4, o6), _stack4(o1, o3, o5, o7))  # (BN, BW, m, b)
     # rows (j, i, w, l), words (r, t, a, c), (g, h, b); wgmma's rows (j, w, i, l), k = (r, a, g, c, h, t, b)
@@ -389,9 +391,8 @@ def tc_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out_dtype=torch.b
     if split > 1 and (grid[0] * grid[2] * split * bn * mp > ws.numel() or grid[0] * grid[2] > cnt.numel()):
         split, grid = 1, (grid[0], 1, grid[2])
     nv = tw.spec.scale_dtype == "e4m3"
-    scales = tw.scales.view(torch.int32)
     ra = tw.row_alpha
-    _tc_gemv_kernel[grid](x, tw.words, scales, y, ws, cnt, alpha * 2.0 ** tw.shift, y if ra is None else ra, M, N,
+    _tc_gemv_kernel[grid](x, tw.words, tw.scales, y, ws, cnt, alpha * 2.0 ** tw.shift, y if ra is None else ra, M, N,
                           K, x.stride(0), y.stride(0), split, BN=bn, BW=bw, MP=mp,
                           PF=pf, SPLIT=split > 1, NV=nv, LUT=(not INTERPRET) if lut is None else lut,
                           ROW_ALPHA=ra is not None, num_warps=warps, num_stages=1, **LAUNCH)

@@ -90,9 +90,9 @@ def decode_words(w, s0, s1, v, NV: gl.constexpr):
     mod 4 (word 4t + v). MXFP4: word v takes s0 rotated where v >= 2; NVFP4: s0 for v < 2 else s1, rotated
     where v is odd (`tcgemv.scale_word`)."""
     if NV:
-        r = scale_word(gl.where(v < 2, s0, s1), (v & 1) == 1, NV)
+        r = scale_word(gl.where(v < 2, s0, s1), v, NV)
     else:
-        r = scale_word(s0, v >= 2, NV)
+        r = scale_word(s0, v, NV)
     return gl.inline_asm_elementwise(_DECODE_PTX, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [w, r],
                                      dtype=(gl.bfloat16,) * 8, is_pure=True, pack=1)
 
@@ -255,7 +255,7 @@ def ws_gemv(x: torch.Tensor, tw: TcWeight, alpha: float = 1.0, out: torch.Tensor
     ra = tw.row_alpha
     # the producer's registers, one or two bricks a stage: more for the 32-token tile's x copies (no spills)
     pregs = (32, 40) if mp <= 16 else (48, 64)
-    _ws_gemv_kernel[(P,)](x, tw.words, tw.scales.view(torch.int32), y, ws, cnt, alpha * 2.0 ** tw.shift,
+    _ws_gemv_kernel[(P,)](x, tw.words, tw.scales, y, ws, cnt, alpha * 2.0 ** tw.shift,
                           y if ra is None else ra, M, N, K, x.stride(0), y.stride(0), S=stages, MP=mp,
                           PREGS=pregs[bricks > 1], XSL=x_layout(mp), WL=WORDS, KB=bricks,
                           NV=tw.spec.scale_dtype == "e4m3", ROW_ALPHA=ra is not None, num_warps=4, maxnreg=maxnreg,

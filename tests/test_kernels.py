@@ -504,7 +504,9 @@ def test_row_gemv_ring_keeps_the_chunks_in_flight():
     """`rowgemv._ring` on every Llama-3 linear, token count and a few SM counts: session 19's k chunks in flight
     (4 where a warp has over 16 chunks or few programs share an SM at up to 4 tokens, else 2), as 2 stages of 2
     chunks where a warp's chunks split evenly and four are in flight, and where one token is copied (then 4 in
-    flight); a stage's chunks always divide a warp's range."""
+    flight); session 33's 6 (3 stages of 2) where a warp has over 16 chunks, at most 2 programs share an SM and
+    at most 8 tokens are copied (8B down, not 70B down's 512 programs); a stage's chunks always divide a warp's
+    range."""
     import importlib.util
 
     if importlib.util.find_spec("triton.experimental.gluon") is None:
@@ -521,9 +523,12 @@ def test_row_gemv_ring_keeps_the_chunks_in_flight():
                 stages, chunks = _ring(K, WARPS, programs, mc, sms)
                 deep = per > 16 or (mc <= 4 and programs <= 3 * sms)
                 two = per % 2 == 0 and (deep or mc == 1)
+                six = per % 2 == 0 and per > 16 and programs <= 2 * sms and mc <= 8
                 assert per % chunks == 0 and (chunks == 2) == two, (N, K, M, sms)
-                assert stages * chunks == (4 if deep or two else 2), (N, K, M, sms)
+                assert stages * chunks == (6 if six else 4 if deep or two else 2), (N, K, M, sms)
     assert _ring(4096, 4, 256, 1, 132) == (2, 2) and _ring(4096, 4, 384, 16, 132) == (2, 1)  # 8B o; qkv at 16
+    assert _ring(14336, 4, 256, 1, 132) == (3, 2) and _ring(14336, 4, 256, 16, 132) == (2, 2)  # 8B down at 1, 16
+    assert _ring(28672, 4, 512, 1, 132) == (2, 2)  # 70B down
     assert _ring(1536, 4, 256, 1, 132) == (4, 1) and _ring(1536, 4, 1024, 1, 132) == (2, 1)  # 3 chunks a warp
 
 

@@ -226,9 +226,14 @@ def _ring(K: int, warps: int, programs: int, mc: int, sms: int) -> tuple[int, in
     session 19. Four go as 2 stages of 2 chunks: a stage's copies, wait and barrier then serve two chunks,
     which took 12% of the loop's instructions off each and was as fast or faster at every Llama-3 linear, one
     row (70B down 43.2 -> 41.2 us, 8B down NVFP4 14.6 -> 13.8); so does one row's 2, where 4 chunks in 2 stages
-    cost as little residency (70B gate_up 74.6 -> 73.2 us). Session 29."""
+    cost as little residency (70B gate_up 74.6 -> 73.2 us). Session 29. Six (3 stages of 2) where a warp has
+    more than 16 k chunks and there are at most 2 programs an SM (8B down: 12.9 against 13.3 us at one row, 12.9
+    against 13.8 at four; 70B down's 512 programs lose, 41.8 against 40.6) and at most 8 tokens (16: 20.5
+    against 16.0, the MMA tile's x buffers cost residency). Session 33."""
     per = K // (CHUNK * warps)
     deep = per > 16 or (mc <= 4 and programs <= 3 * sms)
+    if per % 2 == 0 and per > 16 and programs <= 2 * sms and mc <= 8:
+        return 3, 2
     if per % 2 == 0 and (deep or mc == 1):
         return 2, 2
     return (4 if deep else 2), 1

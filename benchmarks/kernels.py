@@ -73,7 +73,8 @@ def text_variants(module, edits):
     import tempfile
 
     src = Path(module.__file__).read_text()
-    src = src.replace("from ..errors", "from mrgptq.errors").replace("from .", "from mrgptq.kernels.")
+    src = src.replace("from ..errors", "from mrgptq.errors").replace("from . import", "from mrgptq.kernels import")
+    src = src.replace("from .", "from mrgptq.kernels.")
     tmp, mods = Path(tempfile.mkdtemp()), {}
     for i, (name, edit) in enumerate(edits.items()):
         path = tmp / f"variant{i}.py"

@@ -81,3 +81,34 @@ def test_the_check_catches_an_instruction_the_target_lacks(tmp_path):
     assert "mul.bf16x2" in out["80"] and "sm_90" in out["80"], out
     assert "mul.bf16x2" in out["89"], out
     assert out["90"] == "None", out
+
+
+def test_tc_gemv_keeps_the_decoded_weights_in_registers(tmp_path):
+    """`tc_gemv`'s decode feeds wgmma from registers: its sm_90 build at 1, 16 and 64 rows of x holds only the x
+    tile (MP tokens x 128 k, bf16) in shared memory, both formats. Session 32's new k order compiled to a round
+    trip of every decoded tile through shared memory (MXFP4 20 KB at one row) and made the kernel 1.3-6.6x slower
+    on the H200 (BENCHMARKS.md, session 33); the compiler's layout choice, not the code's meaning, decides this."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(textwrap.dedent('''
+        import torch
+
+        from mrgptq import formats
+        from mrgptq.kernels import targets, tcgemv
+
+        torch.manual_seed(0)
+        for fmt in ("mxfp4", "nvfp4"):
+            q = formats.quantize(torch.randn(256, 512) * 0.05, fmt)
+            tw = tcgemv.tc_pack(formats.pack(q.codes), q.scales, q.spec)
+            for m in (1, 16, 64):
+                with targets._capturing(90) as got:
+                    tcgemv.tc_gemv(torch.randn(m, 512).to(torch.bfloat16), tw)
+                (fn, args, kwargs), = got
+                k = targets.build(targets.Launch("tc", fn, args, kwargs), 90)
+                print("RESULT", fmt, m, kwargs["MP"], k.metadata.shared)
+    '''))
+    r = _python([str(probe)], tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+    rows = [ln.split()[1:] for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert len(rows) == 6, r.stdout[-2000:]
+    for fmt, m, mp, shared in rows:
+        assert int(shared) == int(mp) * 128 * 2, (fmt, m, mp, shared)

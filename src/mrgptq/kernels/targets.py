@@ -170,8 +170,8 @@ def _signature(fn, args: tuple, kwargs: dict):
     return sig, const, attrs, {k: kwargs[k] for k in _OPTIONS if k in kwargs}
 
 
-def compile_launch(launch: Launch, arch: int) -> Result:
-    """Compile one launch for sm_<arch> (to a cubin, through ptxas); the error's first line if it fails."""
+def build(launch: Launch, arch: int):
+    """The compiled kernel (Triton's CompiledKernel: cubin, PTX, metadata) of one launch for sm_<arch>."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -181,8 +181,14 @@ def compile_launch(launch: Launch, arch: int) -> Result:
     source = ASTSource
     if getattr(fn, "is_gluon", lambda: False)():
         from triton.experimental.gluon._runtime import GluonASTSource as source
+    return triton.compile(source(fn, sig, const, attrs), target=GPUTarget("cuda", arch, 32), options=opts)
+
+
+def compile_launch(launch: Launch, arch: int) -> Result:
+    """Compile one launch for sm_<arch> (to a cubin, through ptxas); the error's first line if it fails."""
+    fn = launch.kernel
     try:
-        triton.compile(source(fn, sig, const, attrs), target=GPUTarget("cuda", arch, 32), options=opts)
+        build(launch, arch)
         return Result(launch.case, fn.__name__, arch, None)
     except Exception as e:  # noqa: BLE001 (a compile error of any kind is the answer)
         text = str(e).splitlines() or [type(e).__name__]

@@ -141,28 +141,61 @@ def _stack4(a, b, c, d):
 
 
 @triton.jit
-def _fetch(w_rows, s_rows, x_cols, t, t1, rn, nmask, rm, mmask, R: tl.constexpr, BK: tl.constexpr,
-           SW: tl.constexpr):
-    """Step t's weight words, scale words and x^T tile; nothing is read past the program's last step."""
+def _fetch(w_rows, s_rows, x_cols, t, t1, rn, nmask, rm, mmask, R: tl.constexpr, BK: tl.constexpr):
+    """Step t's weight words, their scale-word pieces and x^T tile; nothing is read past the program's last
+    step."""
     wm = (nmask & (rn * 0 + t < t1))[:, None]  # (the interpreter wants tensor & tensor masks)
     xm = (mmask & (rm * 0 + t < t1))[None, :]
     w = tl.load(w_rows + t * (R * 1024), mask=wm, other=0)
-    s = tl.load(s_rows + t * (R * 64 * SW), mask=wm, other=0)
+    s = tl.load(s_rows + t * (R * 256), mask=wm, other=0)
     return w, s, tl.load(x_cols + t * BK, mask=xm, other=0.0)
+
+
+@triton.jit
+def _scale_words3(s, BN: tl.constexpr, R: tl.constexpr, NV: tl.constexpr):
+    """Each word's scale word, (row, 4r + t, v), from the pieces word 4t + v loaded (`_tc_gemv_kernel`): the
+    row's scale word(s) reassembled within the thread (MXFP4: its 4 bytes; NVFP4: two words of 2 halves; word v
+    takes the (v // 2)-th)."""
+    v = tl.arange(0, 4)[None, None, :]
+    p = tl.reshape(s, (BN, 4 * R, 4)).to(tl.int32)
+    if NV:
+        p = p & 0xFFFF
+        lo = tl.sum(tl.where(v < 2, p << (16 * v), 0), axis=2)
+        hi = tl.sum(tl.where(v >= 2, p << (16 * v - 32), 0), axis=2)
+        sw = tl.where(v >= 2, hi[:, :, None], lo[:, :, None])
+    else:
+        sw = tl.sum((p & 0xFF) << (8 * v), axis=2)[:, :, None]  # (disjoint bytes: the sum is the word)
+    return sw
+
+
+@triton.jit
+def _swap_cg(p, q, BN: tl.constexpr, R: tl.constexpr):
+    """Values (row, 4r + t, v = 2a + c) of pairs with g = 0 (p) and g = 1 (q) -> those with c = 0 and c = 1,
+    indexed (row, 4r + t, 2a + g): a transpose of two register dimensions (no data moves between threads)."""
+    p0, p1 = tl.split(tl.reshape(p, (BN, 4 * R, 2, 2)))
+    q0, q1 = tl.split(tl.reshape(q, (BN, 4 * R, 2, 2)))
+    return tl.reshape(tl.join(p0, q0), (BN, 4 * R, 4)), tl.reshape(tl.join(p1, q1), (BN, 4 * R, 4))
 
 
 @triton.jit
 def _step(acc, w, s, xt, BN: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, NV: tl.constexpr,
           LUT: tl.constexpr):
-    """acc += decode(w, s) x^T: decode in the wgmma fragment layout, one dot. s: each word's scale word."""
+    """acc += decode(w, s) x^T: decode in the wgmma fragment layout, one dot. w: the step's words (BN, BW); s:
+    their scale-word pieces (`_scale_words3`). Every reshape, split and join below moves values between a
+    thread's registers only, so the decoded tile reaches wgmma without shared memory (tests/test_targets.py)."""
     REP: tl.constexpr = BN // 64
-    v = (tl.arange(0, R * 16) % 4)[None, :]  # word 4t + v
-    r = scale_word(s, v, NV)
-    o0, o1, o2, o3, o4, o5, o6, o7 = _decode8(w, r, LUT)  # value (m, b) is o_{2m+b}
-    a = tl.join(_stack4(o0, o2, o4, o6), _stack4(o1, o3, o5, o7))  # (BN, BW, m, b)
-    # rows (j, i, w, l), words (r, t, a, c), (g, h, b); wgmma's rows (j, w, i, l), k = (r, a, g, c, h, t, b)
-    a = tl.reshape(a, (REP, 2, 4, 8, R, 4, 2, 2, 2, 2, 2))
-    a = tl.permute(a, (0, 2, 1, 3, 4, 6, 8, 7, 9, 5, 10))
+    v = tl.arange(0, 4)[None, None, :]
+    r = scale_word(_scale_words3(s, BN, R, NV), v, NV)
+    o0, o1, o2, o3, o4, o5, o6, o7 = _decode8(tl.reshape(w, (BN, 4 * R, 4)), r, LUT)  # value (m, b): o_{2m+b}
+    # word v = 2a + c's pair m = 2g + h is k = 64a + 32g + 16c + 8h + 2t + b = 32 v' + 8 m' + 2t + b for
+    # v' = 2a + g, m' = 2c + h: swapping c and g (within o_j, o_{j+4}) gives each v' its own tensor
+    o0, o4 = _swap_cg(o0, o4, BN, R)
+    o1, o5 = _swap_cg(o1, o5, BN, R)
+    o2, o6 = _swap_cg(o2, o6, BN, R)
+    o3, o7 = _swap_cg(o3, o7, BN, R)
+    a = tl.join(_stack4(o0, o2, o4, o6), _stack4(o1, o3, o5, o7))  # (BN, 4R, v', m', b)
+    a = tl.reshape(a, (REP, 2, 4, 8, R, 4, 4, 4, 2))  # rows (j, i, w, l), words (r, t, v'), (m', b)
+    a = tl.permute(a, (0, 2, 1, 3, 4, 6, 7, 5, 8))  # rows (j, w, i, l) as wgmma's, k = (r, v', m', t, b)
     a = tl.reshape(a, (BN, BK))
     if LUT:
         return tl.dot(a, xt, acc)
@@ -191,24 +224,25 @@ def _tc_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, alpha, ra_ptr, 
     # bricks of 64 rows x 128 k (16 words, 4 KB) stored whole, row block-major: each step reads contiguous KBs
     brick = (rn // 64) * (K // 128) * 64 + rn % 64
     w_rows = w_ptr + brick[:, None] * 16 + ((wi // 16) * 1024 + wi % 16)[None, :]
-    # scale words: per brick row SW (word 4t + v reads MXFP4's one, NVFP4's v // 2)
-    SW: tl.constexpr = 2 if NV else 1
-    s_rows = s_ptr + brick[:, None] * SW + ((wi // 16) * (64 * SW) + (wi % 4) // (4 // SW))[None, :]
+    # scale words: word 4t + v loads piece v of its row's (MXFP4: byte v of the word; NVFP4: half v of the
+    # two), so that a thread's four words load the whole as one access, laid out as the words are
+    s_rows = (s_ptr.to(tl.pointer_type(tl.int16 if NV else tl.int8)) + brick[:, None] * 4
+              + ((wi // 16) * 256 + wi % 4)[None, :])
     x_cols = x_ptr + rm[None, :] * stride_xm + tl.arange(0, BK)[:, None]
     # prefetch by hand, PF steps ahead (num_stages=1): Triton's software pipeline would split the dot into
     # k16 pieces with a wait between each, which makes ptxas serialize every wgmma
     acc = tl.zeros((BN, MP), dtype=tl.float32)
-    w, s, xt = _fetch(w_rows, s_rows, x_cols, t0, t1, rn, nmask, rm, mmask, R, BK, SW)
+    w, s, xt = _fetch(w_rows, s_rows, x_cols, t0, t1, rn, nmask, rm, mmask, R, BK)
     if PF == 2:  # two buffers in fixed registers, two steps per iteration (no register rotation)
-        w2, s2, x2 = _fetch(w_rows, s_rows, x_cols, t0 + 1, t1, rn, nmask, rm, mmask, R, BK, SW)
+        w2, s2, x2 = _fetch(w_rows, s_rows, x_cols, t0 + 1, t1, rn, nmask, rm, mmask, R, BK)
         for t in range(t0, t1, 2):
             acc = _step(acc, w, s, xt, BN, BK, R, NV, LUT)
-            w, s, xt = _fetch(w_rows, s_rows, x_cols, t + 2, t1, rn, nmask, rm, mmask, R, BK, SW)
+            w, s, xt = _fetch(w_rows, s_rows, x_cols, t + 2, t1, rn, nmask, rm, mmask, R, BK)
             acc = _step(acc, w2, s2, x2, BN, BK, R, NV, LUT)  # past the end: masked zeros, adds nothing
-            w2, s2, x2 = _fetch(w_rows, s_rows, x_cols, t + 3, t1, rn, nmask, rm, mmask, R, BK, SW)
+            w2, s2, x2 = _fetch(w_rows, s_rows, x_cols, t + 3, t1, rn, nmask, rm, mmask, R, BK)
     else:
         for t in range(t0, t1):
-            w2, s2, x2 = _fetch(w_rows, s_rows, x_cols, t + 1, t1, rn, nmask, rm, mmask, R, BK, SW)
+            w2, s2, x2 = _fetch(w_rows, s_rows, x_cols, t + 1, t1, rn, nmask, rm, mmask, R, BK)
             acc = _step(acc, w, s, xt, BN, BK, R, NV, LUT)
             w, s, xt = w2, s2, x2
     rd = tl.arange(0, BN)  # MMA row (j, w, i, l) holds loaded row l + 8 w + 32 i + 64 j

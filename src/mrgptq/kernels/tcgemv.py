@@ -157,14 +157,13 @@ def _scale_words3(s, BN: tl.constexpr, R: tl.constexpr, NV: tl.constexpr):
     row's scale word(s) reassembled within the thread (MXFP4: its 4 bytes; NVFP4: two words of 2 halves; word v
     takes the (v // 2)-th)."""
     v = tl.arange(0, 4)[None, None, :]
-    p = tl.reshape(s, (BN, 4 * R, 4)).to(tl.int32)
+    p = tl.reshape(s, (BN, 4 * R, 4)).to(tl.int32)  # (unsigned pieces: zero-extended)
     if NV:
-        p = p & 0xFFFF
         lo = tl.sum(tl.where(v < 2, p << (16 * v), 0), axis=2)
         hi = tl.sum(tl.where(v >= 2, p << (16 * v - 32), 0), axis=2)
         sw = tl.where(v >= 2, hi[:, :, None], lo[:, :, None])
     else:
-        sw = tl.sum((p & 0xFF) << (8 * v), axis=2)[:, :, None]  # (disjoint bytes: the sum is the word)
+        sw = tl.sum(p << (8 * v), axis=2)[:, :, None]  # (disjoint bytes: the sum is the word)
     return sw
 
 
@@ -226,7 +225,7 @@ def _tc_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, alpha, ra_ptr, 
     w_rows = w_ptr + brick[:, None] * 16 + ((wi // 16) * 1024 + wi % 16)[None, :]
     # scale words: word 4t + v loads piece v of its row's (MXFP4: byte v of the word; NVFP4: half v of the
     # two), so that a thread's four words load the whole as one access, laid out as the words are
-    s_rows = (s_ptr.to(tl.pointer_type(tl.int16 if NV else tl.int8)) + brick[:, None] * 4
+    s_rows = (s_ptr.to(tl.pointer_type(tl.uint16 if NV else tl.uint8)) + brick[:, None] * 4
               + ((wi // 16) * 256 + wi % 4)[None, :])
     x_cols = x_ptr + rm[None, :] * stride_xm + tl.arange(0, BK)[:, None]
     # prefetch by hand, PF steps ahead (num_stages=1): Triton's software pipeline would split the dot into

@@ -11,8 +11,10 @@ tokens, from shared memory; padding tokens are zeros). Three choices make the de
    i.e. MMA k-steps 4a + c (m = 0, 1) and 4a + 2 + c (m = 2, 3). A word's first two pairs then share one group
    scale and its last two another (MXFP4: groups 2a, 2a + 1; NVFP4: 4a + c, 4a + 2 + c), so one register of two
    bf16 scales serves it (3.). Loads, decode and MMA meet in one register layout: no shared-memory shuffle of
-   decoded values. Words are stored in 4 KB bricks (64 rows x 128 k, row block-major), so every load is whole
-   contiguous kilobytes (gate_up 40.2 -> 32.1 us on the H100).
+   decoded values (`tc_gemv` first swaps c and g within each thread, `_swap_cg`, as Triton lowers only that
+   order's permutation without shared memory; the Gluon kernels lay the fragment out themselves). Words are
+   stored in 4 KB bricks (64 rows x 128 k, row block-major), so every load is whole contiguous kilobytes
+   (gate_up 40.2 -> 32.1 us on the H100).
 2. Bits. Each bf16 pair (k, k+1) is two shifts and masks of the word: a magnitude code c placed at bits 6..8
    of a bf16 is the number c_value * 2^-126 (E2M1's subnormal 0.5 included), the sign goes to bit 15. Per
    half-word: pair 0 magnitude bits 0-2 and sign bit 9, pair 1 3-5 / 12, pair 2 6-8 / 10, pair 3 13-15 / 11;

@@ -92,10 +92,11 @@ mov.b32 {$6, $7}, d;
 
 
 @triton.jit
-def scale_word(s, v, NV: tl.constexpr):
-    """The two bf16 scales (low, high half) of word 4t + v, from its row's scale word s (NVFP4: word v // 2):
-    s itself, or s rotated left by 8 bits for MXFP4's v >= 2 and NVFP4's odd v (every decode GEMM's, the Gluon
-    ones' through `wsgemv.decode_words`)."""
+def scale_word(s0, s1, v, NV: tl.constexpr):
+    """The two bf16 scales (low, high half) of word 4t + v, from its row's scale word(s) s0 (NVFP4: s0, s1):
+    MXFP4 s0, NVFP4 word v // 2, itself or rotated left by 8 bits for MXFP4's v >= 2 and NVFP4's odd v (every
+    decode GEMM's, the Gluon ones' through `wsgemv.decode_words`)."""
+    s = tl.where(v >= 2, s1, s0) if NV else s0
     rot = (v % 2 == 1) if NV else (v >= 2)
     x = tl.where(rot, (s << 8) | ((s >> 24) & 0xFF), s)
     if NV:
@@ -155,18 +156,18 @@ def _fetch(w_rows, s_rows, x_cols, t, t1, rn, nmask, rm, mmask, R: tl.constexpr,
 
 @triton.jit
 def _scale_words3(s, BN: tl.constexpr, R: tl.constexpr, NV: tl.constexpr):
-    """Each word's scale word, (row, 4r + t, v), from the pieces word 4t + v loaded (`_tc_gemv_kernel`): the
-    row's scale word(s) reassembled within the thread (MXFP4: its 4 bytes; NVFP4: two words of 2 halves; word v
-    takes the (v // 2)-th)."""
+    """The rows' scale words (s0, s1), each (row, 4r + t, 1), from the pieces word 4t + v loaded
+    (`_tc_gemv_kernel`), reassembled within the thread: MXFP4 its 4 bytes (s1 = s0), NVFP4 two words of 2
+    halves."""
     v = tl.arange(0, 4)[None, None, :]
     p = tl.reshape(s, (BN, 4 * R, 4)).to(tl.int32)  # (unsigned pieces: zero-extended)
     if NV:
-        lo = tl.sum(tl.where(v < 2, p << (16 * v), 0), axis=2)
-        hi = tl.sum(tl.where(v >= 2, p << (16 * v - 32), 0), axis=2)
-        sw = tl.where(v >= 2, hi[:, :, None], lo[:, :, None])
+        s0 = tl.sum(tl.where(v < 2, p << (16 * v), 0), axis=2)[:, :, None]
+        s1 = tl.sum(tl.where(v >= 2, p << (16 * v - 32), 0), axis=2)[:, :, None]
     else:
-        sw = tl.sum(p << (8 * v), axis=2)[:, :, None]  # (disjoint bytes: the sum is the word)
-    return sw
+        s0 = tl.sum(p << (8 * v), axis=2)[:, :, None]  # (disjoint bytes: the sum is the word)
+        s1 = s0
+    return s0, s1
 
 
 @triton.jit
@@ -186,7 +187,8 @@ def _step(acc, w, s, xt, BN: tl.constexpr, BK: tl.constexpr, R: tl.constexpr, NV
     thread's registers only, so the decoded tile reaches wgmma without shared memory (tests/test_targets.py)."""
     REP: tl.constexpr = BN // 64
     v = tl.arange(0, 4)[None, None, :]
-    r = scale_word(_scale_words3(s, BN, R, NV), v, NV)
+    s0, s1 = _scale_words3(s, BN, R, NV)
+    r = scale_word(s0, s1, v, NV)
     o0, o1, o2, o3, o4, o5, o6, o7 = _decode8(tl.reshape(w, (BN, 4 * R, 4)), r, LUT)  # value (m, b): o_{2m+b}
     # word v = 2a + c's pair m = 2g + h is k = 64a + 32g + 16c + 8h + 2t + b = 32 v' + 8 m' + 2t + b for
     # v' = 2a + g, m' = 2c + h: swapping c and g (within o_j, o_{j+4}) gives each v' its own tensor

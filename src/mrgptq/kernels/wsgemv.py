@@ -87,13 +87,8 @@ def _producer(x_ptr, w_ptr, s_ptr, w_bufs, s_bufs, x_bufs, ready, empty, M, stri
 def decode_words(w, s0, s1, v, NV: gl.constexpr):
     """The 8 bf16 values (m, b) of each word w in the wgmma / mma A-fragment layout, scaled, in 2^-126 units
     (see tcgemv), any shape: s0 (and s1), broadcast to w, are its row's scale word(s) and v its word's index
-    mod 4 (word 4t + v). MXFP4: word v takes s0 rotated where v >= 2; NVFP4: s0 for v < 2 else s1, rotated
-    where v is odd (`tcgemv.scale_word`)."""
-    if NV:
-        r = scale_word(gl.where(v < 2, s0, s1), v, NV)
-    else:
-        r = scale_word(s0, v, NV)
-    return gl.inline_asm_elementwise(_DECODE_PTX, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [w, r],
+    mod 4 (word 4t + v); `tcgemv.scale_word` makes its scale register."""
+    return gl.inline_asm_elementwise(_DECODE_PTX, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [w, scale_word(s0, s1, v, NV)],
                                      dtype=(gl.bfloat16,) * 8, is_pure=True, pack=1)
 
 

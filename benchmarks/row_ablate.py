@@ -60,7 +60,7 @@ def main():
                 bf16 = kb.bf16_time(x, N, K)
                 for ring in args.rings.split(","):
                     st, ch = (None, None) if ring == "default" else map(int, ring.split("x"))
-                    if ch and (K // (128 * rowgemv.WARPS)) % ch:
+                    if ch and (K // (rowgemv.CHUNK * rowgemv.WARPS)) % ch:
                         continue
                     res = {"bf16": bf16}
                     for k, m in mods.items():

@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 import kernels as kb
 
-from mrgptq.kernels.rowgemv import row_gemv
+from mrgptq.kernels.rowgemv import WARPS, row_gemv
 from mrgptq.kernels.wsgemv import ws_gemv
 
 ap = argparse.ArgumentParser()
@@ -43,7 +43,7 @@ for fmt in args.fmt.split(","):
             t_ws = kb.bench(lambda i, x=x, tcb=tcb, alpha=alpha: ws_gemv(x, tcb[i], alpha), n_w) * 1e6
             res, bad = {}, []
             for cfg in args.cfg.split(","):
-                st, kw, ch = (None, 4, None) if cfg == "default" else (list(map(int, cfg.split("x"))) + [None])[:3]
+                st, kw, ch = (None, WARPS, None) if cfg == "default" else (list(map(int, cfg.split("x"))) + [None])[:3]
                 if K % (128 * kw) or (ch and (K // (128 * kw)) % ch):
                     continue
                 kw_args = {"stages": st, "warps": kw, "chunks": ch}
